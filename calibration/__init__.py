@@ -1,0 +1,1 @@
+"""calibration layer of SyDES Edge (see ../shared/DESIGN.md for layering)."""

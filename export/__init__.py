@@ -1,0 +1,1 @@
+"""export layer of SyDES Edge (see ../shared/DESIGN.md for layering)."""

@@ -1,0 +1,1 @@
+"""training layer of SyDES Edge (see ../shared/DESIGN.md for layering)."""
