@@ -25,7 +25,7 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("demo", "training.commands.demo", "train,export,cpu", "train, export and run a small demo model end to end"),
+    Command("demo", "export.commands.demo", "train,export,cpu", "train, export and run a small demo model end to end"),
     Command("train", "training.commands.train", "train", "pretrain or fine-tune a SyDES model"),
     Command("eval", "training.commands.evaluate", "train", "evaluate a checkpoint on a labelled split"),
     Command("import-reference", "training.commands.import_reference", "train",
