@@ -1,0 +1,110 @@
+"""Feeding posts to a graph: preprocessing exactly as the runtime does (sdk.preprocess + sdk.tokenizer).
+
+`SydesCalibrationReader` implements onnxruntime's CalibrationDataReader protocol (`get_next()` -> feed
+dict or None, `rewind()`) and also exposes `batches()`, a plain iterator of numpy feeds that a TensorRT
+calibrator or an evaluation loop can use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from calibration.data import Post, data_fingerprint
+from sdk.errors import ConfigError
+
+INPUT_NAMES = ("global_pixels", "canvas_pixels", "input_ids", "attention_mask")
+
+
+def _cfg_dict(cfg: Any) -> dict[str, Any]:
+    if hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+
+
+class SydesCalibrationReader:
+    """Posts -> feeds {global_pixels u8 [B,224,224,3], canvas_pixels u8 [B,448,448,3],
+    input_ids i64 [B,L], attention_mask i64 [B,L]}.
+
+    preprocess_cfg: sdk.preprocess.PreprocessConfig (or its dict); tokenizer: sdk.tokenizer.Tokenizer
+    (anything with encode_batch(texts) -> (ids, mask)). trim: drop all-pad token columns as the runtime
+    does (its manifest says trim_padding). Feeds are built lazily, so a rewind costs a re-decode but
+    memory stays at one batch.
+    """
+
+    def __init__(self, posts: Sequence[Post], preprocess_cfg: Any, tokenizer: Any, batch_size: int = 1,
+                 trim: bool = True, input_names: Sequence[str] = INPUT_NAMES) -> None:
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        if not posts:
+            raise ConfigError("the calibration reader got no posts")
+        if len(input_names) != 4:
+            raise ConfigError(f"expected 4 input names (pixels, canvas, ids, mask), got {list(input_names)}")
+        from sdk.preprocess import PreprocessConfig
+
+        if isinstance(preprocess_cfg, dict):
+            preprocess_cfg = PreprocessConfig.from_dict(preprocess_cfg)
+        self.posts = list(posts)
+        self.cfg = preprocess_cfg
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.trim = trim
+        self.input_names = tuple(input_names)
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        """Number of batches (onnxruntime's strided calibration asks for it)."""
+        return (len(self.posts) + self.batch_size - 1) // self.batch_size
+
+    def feed(self, posts: Sequence[Post]) -> dict[str, np.ndarray]:
+        """One batch of posts -> the graph's input dict."""
+        from sdk.preprocess import preprocess
+
+        views = [preprocess(p.image, self.cfg) for p in posts]
+        g = np.stack([v[0] for v in views]).astype(np.uint8, copy=False)
+        c = np.stack([v[1] for v in views]).astype(np.uint8, copy=False)
+        ids, mask = self.tokenizer.encode_batch([p.text for p in posts])
+        if self.trim and hasattr(self.tokenizer, "trim"):
+            ids, mask = self.tokenizer.trim(ids, mask)
+        names = self.input_names
+        return {names[0]: g, names[1]: c, names[2]: np.ascontiguousarray(ids, dtype=np.int64),
+                names[3]: np.ascontiguousarray(mask, dtype=np.int64)}
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """A fresh iterator over all batches (independent of get_next / rewind)."""
+        for i in range(0, len(self.posts), self.batch_size):
+            yield self.feed(self.posts[i:i + self.batch_size])
+
+    # --- onnxruntime.quantization.CalibrationDataReader protocol -----------------------------------
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self.batches()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.batches()
+
+    def fingerprint(self) -> str:
+        """sha256 over the samples, the preprocessing config, the tokenizer and the batching: what
+        decides the activation ranges apart from the graph and the method."""
+        h = hashlib.sha256(data_fingerprint(self.posts).encode())
+        h.update(json.dumps(_cfg_dict(self.cfg), sort_keys=True, default=str).encode())
+        tok_id = getattr(self.tokenizer, "fingerprint", None)
+        tok_desc = tok_id() if callable(tok_id) else (type(self.tokenizer).__name__,
+                                                      getattr(self.tokenizer, "kind", None),
+                                                      getattr(self.tokenizer, "max_length", None))
+        h.update(str(tok_desc).encode())
+        # a probe encoding pins the vocabulary / max length even when the tokenizer has no fingerprint
+        ids, mask = self.tokenizer.encode_batch(["a photo of a cat", "calibration probe: ÄÖ 123"])
+        h.update(np.asarray(ids, dtype=np.int64).tobytes() + np.asarray(mask, dtype=np.int64).tobytes())
+        h.update(f"batch={self.batch_size};trim={self.trim}".encode())
+        return h.hexdigest()

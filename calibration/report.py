@@ -1,0 +1,82 @@
+"""How much a reduced-precision graph changes the answers: top-1 agreement with FP32 and the macro-F1
+drop on a labelled slice (macro-F1 in numpy, no scikit-learn needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def macro_f1(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+             n_classes: int | None = None) -> float:
+    """Unweighted mean of per-class F1 over the classes present in y_true or y_pred (scikit-learn's
+    `f1_score(average="macro")`, zero where a class has no true and no predicted sample is skipped)."""
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ in shape")
+    if t.size == 0:
+        return float("nan")
+    k = int(n_classes or max(t.max(), p.max()) + 1)
+    tp = np.bincount(t[t == p], minlength=k).astype(np.float64)
+    n_true = np.bincount(t, minlength=k).astype(np.float64)
+    n_pred = np.bincount(p, minlength=k).astype(np.float64)
+    present = (n_true + n_pred) > 0
+    denom = n_true + n_pred
+    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    return float(f1[present].mean())
+
+
+def run_graph(model_path: str | Path, feeds: Iterable[dict[str, np.ndarray]], threads: int | None = None,
+              ) -> dict[str, np.ndarray]:
+    """All outputs of an ONNX graph over a stream of feeds, concatenated along the batch axis."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:
+        res = sess.run(names, {k: v for k, v in feed.items() if k in wanted})
+        for n, r in zip(names, res, strict=True):
+            out[n].append(r)
+    return {n: np.concatenate(v) for n, v in out.items() if v}
+
+
+def compare_probs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                  labels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Per task: max |dp|, top-1 agreement, and (with labels, int arrays, -1 = unknown) macro-F1 of both
+    and the drop. Keys of the dicts are task names; arrays are probabilities [N, C]."""
+    report: dict[str, Any] = {}
+    for task, ref in reference.items():
+        cand = candidate[task]
+        r = {"max_abs_diff": float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64)))),
+             "top1_agreement": float(np.mean(ref.argmax(-1) == cand.argmax(-1))),
+             "samples": int(ref.shape[0])}
+        if labels is not None and task in labels:
+            y = np.asarray(labels[task])
+            ok = y >= 0
+            if ok.any():
+                c = ref.shape[-1]
+                f_ref = macro_f1(y[ok], ref.argmax(-1)[ok], c)
+                f_cand = macro_f1(y[ok], cand.argmax(-1)[ok], c)
+                r.update({"macro_f1_reference": f_ref, "macro_f1": f_cand, "macro_f1_drop": f_ref - f_cand,
+                          "labelled": int(ok.sum())})
+        report[task] = r
+    return report
+
+
+def label_indices(posts: Sequence[Any], tasks: dict[str, Sequence[str]]) -> dict[str, np.ndarray]:
+    """Posts' label strings -> index arrays per task (-1 where a post has no or an unknown label)."""
+    out = {}
+    for task, names in tasks.items():
+        lookup = {n: i for i, n in enumerate(names)}
+        out[task] = np.array([lookup.get(getattr(p, "labels", {}).get(task, ""), -1) for p in posts],
+                             dtype=np.int64)
+    return out

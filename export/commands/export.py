@@ -1,0 +1,47 @@
+"""`sydes export CHECKPOINT [CHECKPOINT ...] -o NAME.sydes`: checkpoint(s) -> verified bundle."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from export.formats import PRECISIONS, TARGETS
+    from export.pipeline import DEFAULT_OPSET, FORMATS
+
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="checkpoint folder(s); several single-task ones sharing an image encoder make one "
+                        "multi-task bundle")
+    p.add_argument("-o", "--output", required=True, metavar="NAME.sydes", help="bundle folder to write")
+    # precision / method are checked by the pipeline so that a wrong value lists the valid ones there too
+    p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (default fp32)")
+    p.add_argument("--target", default="cpu",
+                   help=f"one of {', '.join(TARGETS)}: INT8 scheme (cpu: u8 activations x s8 weights; "
+                        "tensorrt: symmetric s8, per-channel weights) and whether onnxruntime-only fusions apply")
+    p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (tensorrt also builds an "
+                                                     "engine on this machine's GPU)")
+    p.add_argument("--calib", metavar="DATA", help="calibration data: MSED folder, JSONL/CSV of posts, folder "
+                                                    "of images, or 'generated'")
+    p.add_argument("--calib-split", default="train", help="MSED split to calibrate on (default train)")
+    p.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration posts (default 256)")
+    p.add_argument("--calib-method", default="percentile", help="minmax, entropy or percentile (default)")
+    p.add_argument("--eval-samples", type=int, default=128, metavar="N",
+                   help="held-out posts for the FP32-agreement / macro-F1 report (0: skip; default 128)")
+    p.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/sydes/calibration)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--name", help="bundle name in the manifest (default: the output folder's stem)")
+    p.add_argument("--no-fusions", action="store_true", help="never apply onnxruntime-only fusions")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.pipeline import ExportOptions, export_checkpoints
+
+    opts = ExportOptions(precision=args.precision, target=args.target, format=args.format, opset=args.opset,
+                         calib=args.calib, calib_split=args.calib_split, calib_samples=args.calib_samples,
+                         calib_method=args.calib_method, eval_samples=args.eval_samples,
+                         cache_dir=args.cache_dir, overwrite=args.overwrite, name=args.name,
+                         fusions=not args.no_fusions)
+    report = export_checkpoints(args.checkpoints, args.output, opts)
+    print(report.summary())
+    return 0

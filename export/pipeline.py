@@ -1,0 +1,424 @@
+"""checkpoint(s) -> verified bundle: the whole export, step by step.
+
+1. load the checkpoint(s) (several single-task ones must share identical image-encoder weights);
+2. torch.onnx.export (dynamo) of ExportGraph: uint8 pixels + ids -> probs_<task>, dynamic batch / length;
+3. verify the raw graph against torch (FP32 max |dp| <= tolerance, else ExportValidationError);
+4. optimise (portable onnxruntime basic level; transformer fusions for --target cpu when they verify);
+5. convert to the precision (fp32 / fp16 / int8 with calibration, cached);
+6. verify the final graph against torch (figures into the manifest), and for reduced precisions with
+   calibration data, compare with FP32 on a held-out slice (top-1 agreement, macro-F1 drop);
+7. write the bundle into a temp folder, validate it by loading it with sdk.Analyzer, rename into place;
+8. optionally build a TensorRT engine into the bundle's engines/.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.errors import ExportError, ExportValidationError
+from export.formats import ConvertContext, check_target, get_precision
+from sdk.errors import BackendUnavailableError, ConfigError
+
+log = logging.getLogger("export")
+
+FORMATS = ("onnx", "tensorrt")
+DEFAULT_OPSET = 18
+FP32_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportOptions:
+    precision: str = "fp32"
+    target: str = "cpu"            # cpu | tensorrt: picks the INT8 scheme and whether contrib fusions apply
+    format: str = "onnx"           # onnx | tensorrt (also build an engine on this machine's GPU)
+    opset: int = DEFAULT_OPSET
+    calib: str | None = None       # data for calibration / the held-out report ("generated": synthetic)
+    calib_split: str = "train"
+    calib_samples: int = 256
+    calib_method: str = "percentile"
+    calib_seed: int = 0
+    eval_samples: int = 128        # held-out posts for the precision report (0: skip)
+    cache_dir: str | None = None   # cache root: calibration/ ranges and graphs/ raw exports
+                                   # (default $SYDES_CACHE_DIR or ~/.cache/sydes)
+    graph_cache: bool = True       # reuse the raw torch export of identical weights + opset
+    overwrite: bool = False
+    tolerance: float = FP32_TOLERANCE
+    name: str | None = None
+    fusions: bool = True
+    check_analyzer: bool = True
+    max_batch: int = 32            # TensorRT profile
+
+
+@dataclass
+class ExportReport:
+    bundle: Path
+    manifest: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        m = self.manifest
+        v = m["validation"]
+        lines = [f"bundle {self.bundle} ({m['precision']}, tasks: {', '.join(m['tasks'])})",
+                 f"  graph {m['graphs']['model']['bytes'] / 1e6:.1f} MB, sha256 {m['graphs']['model']['sha256'][:16]}",
+                 "  vs torch: max |dp| " + ", ".join(f"{t} {x:.2e}" for t, x in v["max_abs_diff"].items())
+                 + "; top-1 agreement " + ", ".join(f"{t} {x:.3f}" for t, x in v["agreement"].items())]
+        rep = m.get("calibration_report")
+        if rep and rep.get("tasks"):
+            for t, r in rep["tasks"].items():
+                s = f"  held-out {t}: agreement with FP32 {r['top1_agreement']:.3f}"
+                if "macro_f1_drop" in r:
+                    s += f", macro-F1 {r['macro_f1_reference']:.4f} -> {r['macro_f1']:.4f}"
+                lines.append(s)
+        lines.append("  time: " + ", ".join(f"{k} {s:.1f}s" for k, s in self.seconds.items()))
+        return "\n".join(lines)
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+def package_versions() -> dict[str, str]:
+    out = {}
+    for dist in ("sydes-edge", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy",
+                 "tokenizers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _sha256(path: Path) -> str:
+    from sdk.bundle import sha256_file
+
+    return sha256_file(path)
+
+
+def _tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    import onnx
+
+    elem = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(vi: Any) -> dict[str, Any]:
+        t = vi.type.tensor_type
+        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+        return {"name": vi.name, "dtype": elem.get(t.elem_type, str(t.elem_type)), "shape": shape}
+
+    return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> _Lap:
+        return _Lap(self, name)
+
+
+class _Lap:
+    def __init__(self, sw: _Stopwatch, name: str) -> None:
+        self.sw, self.name = sw, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sw.seconds[self.name] = round(self.sw.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0, 2)
+
+
+def check_options(opts: ExportOptions) -> ExportOptions:
+    """Validate options up front (before any heavy work); ConfigError lists the valid values."""
+    get_precision(opts.precision)
+    opts.precision = opts.precision.lower()
+    opts.target = check_target(opts.target)
+    if opts.format not in FORMATS:
+        raise ConfigError(f"unknown format {opts.format!r}; valid: {', '.join(FORMATS)}")
+    from calibration.methods import check_method
+
+    opts.calib_method = check_method(opts.calib_method)
+    if opts.calib_samples <= 0:
+        raise ConfigError(f"--calib-samples must be positive, got {opts.calib_samples}")
+    if not 13 <= opts.opset <= 23:
+        raise ConfigError(f"--opset {opts.opset} is outside the supported range 13..23 (default {DEFAULT_OPSET})")
+    if opts.precision == "int8" and not opts.calib:
+        raise ConfigError("INT8 export needs calibration data: --calib DATA (an MSED folder, a JSONL/CSV "
+                          "of posts, or a folder of images; 'generated' uses synthetic posts)")
+    if opts.format == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise BackendUnavailableError("--format tensorrt needs TensorRT 10 on this machine (`pip install "
+                                      "tensorrt`, or the one JetPack ships); export an ONNX bundle here "
+                                      "and the runtime builds the engine on the device")
+    return opts
+
+
+def _calibration_posts(opts: ExportOptions, tasks: dict[str, list[str]]) -> tuple[list[Any], list[Any], str]:
+    """(calibration posts, held-out posts, description of the data)."""
+    from calibration.data import generated_posts, load_items
+    from calibration.sampling import select_samples
+
+    if opts.calib == "generated":
+        posts = generated_posts(opts.calib_samples + opts.eval_samples, seed=opts.calib_seed, tasks=tasks)
+        return posts[:opts.calib_samples], posts[opts.calib_samples:], "generated"
+    src = Path(str(opts.calib))
+    pool = load_items(src, split=opts.calib_split)
+    calib = select_samples(pool, opts.calib_samples, seed=opts.calib_seed)
+    held: list[Any] = []
+    if opts.eval_samples > 0:
+        # a labelled held-out slice: MSED's dev split when calibrating on train, else the unused rows
+        if src.is_dir() and opts.calib_split != "dev" and (src / "dev" / "dev.csv").is_file():
+            rest = load_items(src, split="dev")
+        else:
+            chosen = {id(p) for p in calib}
+            rest = [p for p in pool if id(p) not in chosen]
+        if rest:
+            held = select_samples(rest, opts.eval_samples, seed=opts.calib_seed + 1, warn_below=0)
+    return calib, held, f"{src}" + (f" [{opts.calib_split}]" if src.is_dir() else "")
+
+
+# --- the pipeline -------------------------------------------------------------------------------------
+def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions | None = None,
+                  tokenizer_file: str | Path | None = None,
+                  checkpoints: Sequence[dict[str, Any]] = ()) -> ExportReport:
+    """Export in-memory SyDES model(s) (all sharing one tokenizer / preprocessing) to a bundle."""
+    from calibration.cache import CalibrationCache, cache_root
+    from calibration.reader import SydesCalibrationReader
+    from calibration.report import compare_probs, label_indices, run_graph
+    from export.graph import ExportGraph, cached_export_onnx
+    from export.optimize import optimize_basic, transformer_fusions
+    from export.verify import compare, onnx_probs, torch_probs, verification_feeds
+    from sdk.atomic import atomic_directory
+    from sdk.bundle import file_record, write_manifest
+    from sdk.preprocess import PreprocessConfig
+    from sdk.tokenizer import Tokenizer
+
+    opts = check_options(opts or ExportOptions())
+    output = Path(output)
+    if output.exists() and not opts.overwrite:
+        raise ExportError(f"{output} already exists (pass --overwrite to replace it)")
+    cfg0 = models[0].config
+    for m in models[1:]:
+        if m.config.preprocess != cfg0.preprocess or m.config.tokenizer != cfg0.tokenizer:
+            raise ExportError("checkpoints exported together must share preprocessing and tokenizer settings")
+    if tokenizer_file is None or not Path(tokenizer_file).is_file():
+        raise ExportError(f"tokenizer file {tokenizer_file} not found (a checkpoint holds tokenizer.json)")
+    pcfg = PreprocessConfig.from_dict(cfg0.preprocess)
+    tok_kind, max_length = cfg0.tokenizer.kind, int(cfg0.tokenizer.max_length)
+    tokenizer = Tokenizer.from_file(tokenizer_file, max_length=max_length, kind=tok_kind)
+    graph = ExportGraph(list(models)).eval()
+    sw = _Stopwatch()
+
+    with tempfile.TemporaryDirectory(prefix="sydes-export.") as tmp_s:
+        tmp = Path(tmp_s)
+        feeds = verification_feeds(pcfg, tokenizer)
+        with sw("torch_reference"):
+            ref = torch_probs(graph, feeds)
+        raw = tmp / "raw.onnx"
+        root = Path(opts.cache_dir) if opts.cache_dir else cache_root()
+        with sw("onnx_export"):
+            _, graph_hit = cached_export_onnx(graph, feeds[0], raw, opset=opts.opset, max_length=max_length,
+                                              cache_dir=root / "graphs" if opts.graph_cache else None)
+        with sw("verify"):
+            raw_cmp = compare(ref, onnx_probs(raw, feeds, graph.tasks))
+        _check_fp32(raw_cmp, opts.tolerance, "the exported ONNX graph")
+
+        with sw("optimise"):
+            opt = tmp / "optimised.onnx"
+            opt_info = optimize_basic(raw, opt)
+            fused: dict[str, int] = {}
+            if opts.fusions and opts.target == "cpu" and opts.precision in ("fp32", "fp16"):
+                fused_path = tmp / "fused.onnx"
+                fused = transformer_fusions(opt, fused_path)
+                if fused:
+                    fcmp = compare(ref, onnx_probs(fused_path, feeds, graph.tasks))
+                    if max(fcmp["max_abs_diff"].values()) <= opts.tolerance:
+                        opt = fused_path
+                        opt_info["method"] += "+transformer-fusions"
+                    else:
+                        log.warning("transformer fusions changed the outputs (%s): not used", fcmp["max_abs_diff"])
+                        fused = {}
+            opt_info["fusions"] = fused
+            opt_cmp = compare(ref, onnx_probs(opt, feeds, graph.tasks))
+        _check_fp32(opt_cmp, opts.tolerance, "the optimised graph")
+
+        calib_posts, held_posts, calib_desc = [], [], None
+        if opts.calib:
+            calib_posts, held_posts, calib_desc = _calibration_posts(opts, graph.labels)
+        reader = (SydesCalibrationReader(calib_posts, pcfg, tokenizer, batch_size=1, trim=True)
+                  if calib_posts else None)
+        final = tmp / "model.onnx"
+        with sw("convert_" + opts.precision):
+            info = get_precision(opts.precision).convert(ConvertContext(
+                src=opt, dst=final, work_dir=tmp, target=opts.target, calib_reader=reader,
+                calib_method=opts.calib_method, calib_cache=CalibrationCache(root / "calibration")))
+        with sw("verify"):
+            final_cmp = compare(ref, onnx_probs(final, feeds, graph.tasks))
+        if opts.precision == "fp32":
+            _check_fp32(final_cmp, opts.tolerance, "the final FP32 graph")
+
+        calib_report = None
+        if opts.precision != "fp32" and held_posts:
+            with sw("held_out_report"):
+                hreader = SydesCalibrationReader(held_posts, pcfg, tokenizer, batch_size=8, trim=True)
+                base = run_graph(opt, hreader.batches())
+                cand = run_graph(final, hreader.batches())
+                tasks_rep = compare_probs({t: base[f"probs_{t}"] for t in graph.tasks},
+                                          {t: cand[f"probs_{t}"] for t in graph.tasks},
+                                          label_indices(held_posts, graph.labels))
+            calib_report = {"reference": "fp32", "data": calib_desc, "samples": len(held_posts),
+                            "tasks": tasks_rep}
+        if opts.precision == "int8" and "calibration" in info:
+            calib_report = calib_report or {"reference": "fp32", "data": calib_desc, "samples": 0, "tasks": {}}
+            calib_report["calibration"] = info["calibration"]
+
+        name = opts.name or output.name.removesuffix(".sydes")
+        inputs, outputs = _tensor_specs(final)
+        provenance: dict[str, Any] = {
+            "checkpoints": list(checkpoints), "packages": package_versions(), "opset": opts.opset,
+            "exporter": "torch.onnx.export(dynamo=True)", "target": opts.target,
+            "optimisation": opt_info, "precision_details": {k: v for k, v in info.items() if k != "calibration"},
+            "calibration": ({"method": opts.calib_method, "samples": len(calib_posts), "data": calib_desc}
+                            if opts.precision == "int8" else None),
+            "shared_image_encoder": graph.shared, "graph_cache_hit": graph_hit,
+        }
+        validation = {
+            "tolerance": opts.tolerance, "reference": "torch fp32",
+            "max_abs_diff": final_cmp["max_abs_diff"], "agreement": final_cmp["agreement"],
+            "fp32_graph_max_abs_diff": opt_cmp["max_abs_diff"],
+            "samples": final_cmp["samples"], "batch_sizes": [int(f["input_ids"].shape[0]) for f in feeds],
+            "text_lengths": [int(f["input_ids"].shape[1]) for f in feeds],
+            "passed": max(final_cmp["max_abs_diff"].values()) <= opts.tolerance if opts.precision == "fp32"
+            else None,
+        }
+        with sw("write_bundle"), atomic_directory(output, overwrite=opts.overwrite) as folder:
+            shutil.copyfile(final, folder / "model.onnx")
+            shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
+            (folder / "engines").mkdir()
+            graph_rec = file_record(folder, "model.onnx")
+            tok_rec = file_record(folder, "tokenizer.json")
+            manifest = {
+                "schema": "sydes-bundle", "schema_version": 1, "name": name,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "tasks": {t: list(v) for t, v in graph.labels.items()},
+                "precision": opts.precision,
+                "graphs": {"model": {**graph_rec, "inputs": inputs, "outputs": outputs}},
+                "tokenizer": {"file": "tokenizer.json", "sha256": tok_rec["sha256"], "kind": tok_kind,
+                              "max_length": max_length, "trim_padding": True},
+                "preprocess": pcfg.to_dict(),
+                "provenance": provenance,
+                "validation": validation,
+                "calibration_report": calib_report,
+                "engines": "engines/",
+            }
+            write_manifest(folder, json.loads(json.dumps(manifest)))  # plain JSON types only
+            if opts.check_analyzer:
+                validation["analyzer"] = _check_with_analyzer(
+                    folder, graph, pcfg, tokenizer, opts.tolerance if opts.precision == "fp32" else None)
+                write_manifest(folder, json.loads(json.dumps(manifest)))
+    if opts.format == "tensorrt":
+        with sw("tensorrt_engine"):
+            from export.tensorrt import build_bundle_engine
+
+            build_bundle_engine(output, max_batch=opts.max_batch)
+    return ExportReport(bundle=output, manifest=manifest, seconds=sw.seconds)
+
+
+def _check_fp32(cmp: dict[str, Any], tolerance: float, what: str) -> None:
+    worst = max(cmp["max_abs_diff"].values())
+    if worst > tolerance:
+        figures = ", ".join(f"{t}: {d:.3e}" for t, d in cmp["max_abs_diff"].items())
+        raise ExportValidationError(
+            f"{what} does not reproduce the torch model: max |probability difference| per task {figures} "
+            f"exceeds the tolerance {tolerance:g} ({cmp['samples']} verification posts)",
+            {"max_abs_diff": cmp["max_abs_diff"], "tolerance": tolerance})
+
+
+def _check_with_analyzer(folder: Path, graph: Any, pcfg: Any, tokenizer: Any, tolerance: float | None,
+                         ) -> dict[str, Any]:
+    """Open the written bundle as a user would (sdk.Analyzer: manifest validation, sha256 checks, its own
+    preprocessing and tokenisation) and compare one post's probabilities with the torch model's.
+    With `tolerance` (FP32) a larger difference is an ExportValidationError."""
+    from calibration.data import generated_posts
+    from calibration.reader import SydesCalibrationReader
+    from export.verify import CAPTIONS, torch_probs
+    from sdk.analyzer import Analyzer
+
+    post = generated_posts(1, seed=4321)[0]
+    post.text = CAPTIONS[2]
+    ref = torch_probs(graph, [SydesCalibrationReader([post], pcfg, tokenizer).feed([post])])
+    with Analyzer(folder, backend="onnxruntime", device="cpu", warmup=False, fast_decode=False) as a:
+        backend = a.info.backend
+        res = a.analyze(post.image, post.text)
+    if not res.ok:
+        raise ExportError(f"the written bundle does not run in sdk.Analyzer: {res.error}")
+    diff = {}
+    for t in graph.tasks:
+        got = np.array([res.tasks[t].probs[label] for label in graph.labels[t]], dtype=np.float64)
+        diff[t] = float(np.max(np.abs(got - ref[t][0])))
+    if tolerance is not None and max(diff.values()) > tolerance:
+        raise ExportValidationError(
+            f"sdk.Analyzer on the written bundle disagrees with the torch model: max |dp| "
+            f"{', '.join(f'{t}: {d:.3e}' for t, d in diff.items())} exceeds {tolerance:g}",
+            {"max_abs_diff": diff, "tolerance": tolerance})
+    return {"backend": backend, "max_abs_diff": diff}
+
+
+def checkpoint_record(path: Path) -> dict[str, Any]:
+    """Provenance of one checkpoint folder: path, sha256 of its weights and of its config."""
+    rec = {"path": str(path)}
+    for key, fname in (("sha256", "model.safetensors"), ("config_sha256", "config.json")):
+        f = path / fname
+        if f.is_file():
+            rec[key] = _sha256(f)
+    return rec
+
+
+def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
+                       opts: ExportOptions | None = None) -> ExportReport:
+    """Load checkpoint folder(s) and export them to one bundle.
+
+    Several checkpoints (e.g. one fine-tune per task) must hold identical image-encoder weights: the
+    bundle's graph then runs the image encoder once and one text/decoder/head branch per checkpoint.
+    """
+    from export.errors import SharedEncoderMismatchError
+    from export.graph import shared_encoder_mismatch
+    from sdk.errors import CheckpointError
+    from training.model import SyDES
+
+    opts = check_options(opts or ExportOptions())
+    paths = [Path(c) for c in checkpoints]
+    if not paths:
+        raise ExportError("no checkpoint given")
+    if Path(output).exists() and not opts.overwrite:
+        raise ExportError(f"{output} already exists (pass --overwrite to replace it)")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ExportError("the same checkpoint is given more than once")
+    models = []
+    for p in paths:
+        if not p.is_dir():
+            raise CheckpointError(f"checkpoint {p} is not a folder (expected config.json + model.safetensors)")
+        models.append(SyDES.from_pretrained(p).eval())
+    if len(models) > 1:
+        bad = shared_encoder_mismatch(models, [str(p) for p in paths])
+        if bad:
+            shown = ", ".join(bad[:8]) + (f" ... (+{len(bad) - 8} more)" if len(bad) > 8 else "")
+            raise SharedEncoderMismatchError(
+                f"checkpoints {', '.join(map(str, paths))} cannot share one image encoder: {len(bad)} tensor(s) "
+                f"differ from {paths[0]}: {shown}. Export them as separate bundles, or fine-tune them from "
+                "the same pretrained checkpoint with the image encoder frozen.", bad)
+    tok = paths[0] / "tokenizer.json"
+    for p in paths[1:]:
+        other = p / "tokenizer.json"
+        if other.is_file() and tok.is_file() and _sha256(other) != _sha256(tok):
+            raise ExportError(f"{p} has a different tokenizer.json than {paths[0]}: one bundle has one tokenizer")
+    return export_models(models, output, opts, tokenizer_file=tok,
+                         checkpoints=[checkpoint_record(p) for p in paths])

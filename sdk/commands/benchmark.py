@@ -1,0 +1,179 @@
+"""`sydes benchmark BUNDLE`: latency percentiles and throughput per batch size, peak RSS, backend.
+
+Two timings per batch size: `model` (the backend alone on ready arrays) and `e2e` (analyze_batch on JPEG
+bytes: decode + views + tokenise + model). `--compare CHECKPOINT` also runs that checkpoint in torch eager
+mode on the same inputs, in the same process, and reports its latency and the largest probability gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TEXTS = ["a happy day at the beach with friends", "so sad, lost my dog today",
+         "angry about the traffic again", "family dinner, love these people"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", help="the NAME.sydes/ folder")
+    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per batch size")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per batch size")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--image-size", default="640x480", help="WxH of the synthetic JPEGs")
+    parser.add_argument("--no-e2e", action="store_true", help="time the model only")
+    parser.add_argument("--compare", type=Path, metavar="CHECKPOINT",
+                        help="also run this training checkpoint in torch eager mode (needs the 'train' extra)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    a = np.asarray(ms, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+
+
+def _time(fn, iters: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1e6 if sys.platform == "darwin" else r / 1e3  # bytes on macOS, KiB on Linux
+
+
+def _inputs(az, n: int, size: tuple[int, int]):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    jpegs, prepared = [], []
+    for i in range(n):
+        # smooth random image: compresses like a photo, not like noise
+        small = rng.integers(0, 256, (size[1] // 16 + 1, size[0] // 16 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize(size, Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        jpegs.append((buf.getvalue(), TEXTS[i % len(TEXTS)]))
+        prepared.append(az._prepare(buf.getvalue(), TEXTS[i % len(TEXTS)]))
+    return jpegs, prepared
+
+
+def _feeds(az, prepared) -> dict[str, Any]:
+    import numpy as np
+
+    ids, mask = az.tokenizer.encode_batch([p[2] for p in prepared])
+    return {"global_pixels": np.stack([p[0] for p in prepared]), "canvas_pixels": np.stack([p[1] for p in prepared]),
+            "input_ids": ids, "attention_mask": mask}
+
+
+def _torch_compare(ckpt: Path, az, feeds_by_b: dict[int, dict], iters: int, warmup: int) -> dict[str, Any]:
+    # sdk must never import training statically (layering: sdk is the bottom layer); this command loads
+    # it by name only when --compare is given, like the CLI dispatcher does for upper-layer commands.
+    from sdk.errors import MissingExtraError
+
+    try:
+        torch = importlib.import_module("torch")
+        training_model = importlib.import_module("training.model")
+    except ModuleNotFoundError as e:
+        raise MissingExtraError(e.name or "torch", "train", "needed by --compare") from e
+    import numpy as np
+
+    model = training_model.SyDES.from_pretrained(ckpt).eval()
+    out: dict[str, Any] = {"checkpoint": str(ckpt), "torch": torch.__version__, "per_batch": {}}
+    for b, feeds in feeds_by_b.items():
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+
+        def call(t=t):
+            with torch.inference_mode():
+                return model(t["input_ids"], t["attention_mask"], global_pixels=t["global_pixels"],
+                             canvas_pixels=t["canvas_pixels"])
+
+        ms = _time(call, iters, warmup)
+        logits = call()
+        ours = az.backend.run(feeds)
+        diff = max(float(np.abs(torch.softmax(logits[task].float(), -1).numpy() - ours[f"probs_{task}"]).max())
+                   for task in az.tasks)
+        out["per_batch"][b] = {"latency_ms": percentiles(ms), "throughput": b * 1000 / percentiles(ms)["mean"],
+                               "max_abs_prob_diff": diff}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdk.analyzer import Analyzer
+    from sdk.errors import ConfigError
+
+    try:
+        sizes = [int(x) for x in str(args.batch_sizes).split(",") if x.strip()]
+        w, h = (int(x) for x in str(args.image_size).lower().split("x"))
+    except ValueError as e:
+        raise ConfigError(f"--batch-sizes takes e.g. 1,8,32 and --image-size e.g. 640x480 ({e})") from e
+    if not sizes or min(sizes) < 1 or args.iters < 1:
+        raise ConfigError("--batch-sizes must be positive integers and --iters >= 1")
+    report: dict[str, Any] = {"bundle": str(args.bundle), "host": platform.processor() or platform.machine(),
+                              "iters": args.iters, "per_batch": {}}
+    with Analyzer(args.bundle, device=args.device, backend=args.backend, threads=args.threads,
+                  max_batch_size=max(sizes)) as az:
+        report["info"] = az.info.to_dict()
+        jpegs, prepared = _inputs(az, max(sizes), (w, h))
+        feeds_by_b = {b: _feeds(az, prepared[:b]) for b in sizes}
+        for b in sizes:
+            model_ms = _time(lambda b=b: az.backend.run(feeds_by_b[b]), args.iters, args.warmup)
+            row = {"model_ms": percentiles(model_ms)}
+            row["model_throughput"] = b * 1000 / row["model_ms"]["mean"]
+            if not args.no_e2e:
+                e2e = _time(lambda b=b: az.analyze_batch(jpegs[:b]), args.iters, args.warmup)
+                row["e2e_ms"] = percentiles(e2e)
+                row["e2e_throughput"] = b * 1000 / row["e2e_ms"]["mean"]
+            report["per_batch"][b] = row
+        if args.compare:
+            report["compare"] = _torch_compare(args.compare, az, feeds_by_b, args.iters, args.warmup)
+    report["peak_rss_mb"] = peak_rss_mb()
+    print(format_report(report))
+    if args.json:
+        from sdk.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=2))
+    return 0
+
+
+def format_report(r: dict[str, Any]) -> str:
+    i = r["info"]
+    lines = [f"bundle {i['bundle']} ({i['precision']}) on {i['device']} via {i['backend']} "
+             f"[{', '.join(i['providers'])}]; {r['iters']} iterations; peak RSS {r['peak_rss_mb']:.0f} MB",
+             f"{'batch':>5} | {'model p50':>9} {'p90':>7} {'p99':>7} {'posts/s':>8} | "
+             f"{'e2e p50':>8} {'p90':>7} {'p99':>7} {'posts/s':>8}"]
+    for b, row in r["per_batch"].items():
+        m = row["model_ms"]
+        s = f"{b:>5} | {m['p50']:>9.2f} {m['p90']:>7.2f} {m['p99']:>7.2f} {row['model_throughput']:>8.1f} |"
+        if "e2e_ms" in row:
+            e = row["e2e_ms"]
+            s += f" {e['p50']:>8.2f} {e['p90']:>7.2f} {e['p99']:>7.2f} {row['e2e_throughput']:>8.1f}"
+        lines.append(s)
+    if "compare" in r:
+        c = r["compare"]
+        lines.append(f"torch eager ({c['torch']}) on {c['checkpoint']}:")
+        for b, row in c["per_batch"].items():
+            m = row["latency_ms"]
+            lines.append(f"{b:>5} | {m['p50']:>9.2f} {m['p90']:>7.2f} {m['p99']:>7.2f} {row['throughput']:>8.1f} | "
+                         f"max |probs diff| {row['max_abs_prob_diff']:.2e}")
+    return "\n".join(lines) + "\n(milliseconds per batch; model = backend only, e2e = JPEG bytes -> Results)"

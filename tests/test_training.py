@@ -1,0 +1,108 @@
+"""Tiny end-to-end pretrain -> fine-tune -> eval on the synthetic set, plus the trainer's parts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("training.model")
+
+from sdk.errors import ConfigError, DataError  # noqa: E402
+from training.schedule import warmup_cosine  # noqa: E402
+from training.synthetic import generate  # noqa: E402
+from training.trainer import TrainOptions  # noqa: E402
+
+TINY = dict(epochs=1, batch_size=4, accum=2, num_workers=0, progress=False, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn"), splits={"train": 16, "dev": 8}, seed=0)
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_schedule():
+    assert warmup_cosine(0, 100, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert all(0 <= warmup_cosine(s, 7, 0.15) <= 1 for s in range(7))
+    assert math.isclose(warmup_cosine(0, 10, 0.0), 1.0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(stage="mim"), "unknown stage 'mim'; valid: pretrain, finetune"),
+    (dict(amp="fp8"), "unknown amp mode"),
+    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(max_steps=0), "max_steps must be >= 1"),
+    (dict(stage="pretrain", feature_cache="x"), "finetune only"),
+])
+def test_option_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainOptions(**kw).validate()
+
+
+def test_no_training_data_is_an_error(tmp_path):
+    from training.runner import build_model, train
+
+    with pytest.raises(DataError, match="no training data"):
+        train(stage="finetune", output=tmp_path / "o", preset="tiny_clip", **TINY)
+    with pytest.raises(ConfigError, match="exactly one of --preset"):
+        build_model()
+
+
+def test_pretrain_finetune_eval_end_to_end(syn, tmp_path, capsys):
+    from sdk.cli import main
+    from training.runner import train
+
+    pre = tmp_path / "pre"
+    s = train(stage="pretrain", output=pre, preset="tiny_clip", data=str(syn), seed=0, **TINY)
+    assert s["step"] == 2 and (pre / "best/model.safetensors").is_file()
+    rows = _lines(pre / "metrics.jsonl")
+    assert [r["event"] for r in rows if r["event"] != "train"] == ["start", "eval", "end"]
+    train_rows = [r for r in rows if r["event"] == "train"]
+    assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in train_rows)
+    assert "dev_loss" in rows[-2]
+
+    ft = tmp_path / "ft"
+    s = train(stage="finetune", output=ft, init=str(pre / "best"), data=str(syn), seed=0,
+              eval_every=1, **{**TINY, "epochs": 2})
+    assert s["step"] == 4
+    evals = [r for r in _lines(ft / "metrics.jsonl") if r["event"] == "eval"]
+    assert len(evals) == 4 and all(0 <= r["macro_f1"] <= 1 for r in evals)
+    assert s["best"] == max(r["macro_f1"] for r in evals)
+    assert (ft / "last/training_state/state.pt").is_file() and not (ft / "best/training_state").exists()
+
+    out = tmp_path / "report.json"
+    assert main(["eval", str(ft / "best"), "--data", str(syn), "--split", "dev", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "macro-F1" in text and "sentiment" in text and "confusion" in text
+    rep = json.loads(out.read_text())
+    assert set(rep["tasks"]) == {"sentiment", "emotion", "desire"}
+    assert rep["tasks"]["desire"]["n"] == 8
+
+
+def test_eval_command_errors(tmp_path, syn, capsys):
+    from sdk.cli import main
+
+    assert main(["eval", str(tmp_path / "nope"), "--data", str(syn)]) == 1
+    assert "not a SyDES checkpoint" in capsys.readouterr().err
+
+
+def test_finetune_freezes_encoder_and_image_decoder(syn, tmp_path):
+    from training.runner import build_model
+    from training.trainer import prepare_model_for_stage
+
+    model, _ = build_model(preset="tiny_clip")
+    prepare_model_for_stage(model, "finetune", fresh_finetune=True)
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    assert not any(p.requires_grad for p in model.image_decoder.parameters())
+    assert any(p.requires_grad for p in model.text_decoder.parameters())

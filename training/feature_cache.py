@@ -1,0 +1,233 @@
+"""On-disk cache of the frozen image encoder's outputs, for fine-tuning (where the encoder is frozen).
+
+Cut point: the output of `model.image_encoder(view)` for each of the 5 views (global + 4 tiles), i.e. the
+backbone's last hidden state [T = 1 + P, D] BEFORE `ln1_post`. `ln1_post` (and everything after it) is
+trained while fine-tuning, so caching after it would freeze a trained layer; the image encoder itself
+is frozen and in eval mode, and unmasked in fine-tuning, so its output is a pure function of the pixels and
+the weights. Feeding cached features therefore gives IDENTICAL logits to the uncached path (tested).
+
+Entry: `<root>/<key[:2]>/<key>.safetensors` with one float tensor `features` [5, T, D] and metadata
+(format, key, sha256 of the tensor bytes, shape, dtype). key = sha256 over (sha256 of the image file's
+bytes, the preprocessing config, the number of views, the encoder-weights hash, the storage dtype).
+Entries are written atomically and verified on every read (metadata, shape, dtype, checksum); a corrupt or
+stale entry is recomputed, never trusted. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdk.atomic import atomic_write_bytes
+from sdk.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "sydes-feature-cache/1"
+NUM_VIEWS = 5
+
+
+def encoder_hash(encoder: torch.nn.Module) -> str:
+    """sha256 over the image encoder's state dict (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(encoder.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def encode_views(model: torch.nn.Module, global_pixels: torch.Tensor, canvas_pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 views -> frozen encoder outputs [B, 5, T, D] (global first, then tiles TL, TR, BL, BR)."""
+    g, tiles = model.tiler(global_pixels, canvas_pixels)  # [B,3,S,S], [B,4,3,S,S]
+    b = g.shape[0]
+    views = torch.cat([g.unsqueeze(1), tiles], dim=1).flatten(0, 1)  # [B*5, 3, S, S]
+    out = model.image_encoder(views)
+    return out.view(b, NUM_VIEWS, *out.shape[1:])
+
+
+class FeatureCache:
+    """The cache for one model's image encoder under `root`."""
+
+    def __init__(self, root: str | os.PathLike[str], model: torch.nn.Module, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ConfigError(f"feature cache dtype must be float32, float16 or bfloat16, got {dtype}")
+        self.root = Path(root)
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.encoder_hash = encoder_hash(model.image_encoder)
+        self.prep = json.dumps(model.config.preprocess, sort_keys=True)
+        self._keys: dict[str, str] = {}  # image path -> key (memoised file hash)
+        self.hits = self.misses = self.recomputed = 0
+
+    # ---- keys and files ------------------------------------------------------------------------
+    def key(self, image: str | os.PathLike[str]) -> str:
+        p = str(image)
+        if p not in self._keys:
+            h = hashlib.sha256()
+            for part in (file_sha256(p), self.prep, str(NUM_VIEWS), self.encoder_hash, str(self.dtype)):
+                h.update(part.encode())
+                h.update(b"\0")
+            self._keys[p] = h.hexdigest()
+        return self._keys[p]
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def _write(self, key: str, feats: torch.Tensor) -> None:
+        from safetensors.torch import save
+
+        t = feats.detach().to("cpu", self.dtype).contiguous()
+        meta = {"format": FORMAT, "key": key, "sha256": hashlib.sha256(_bytes(t)).hexdigest(),
+                "shape": json.dumps(list(t.shape)), "dtype": str(t.dtype)}
+        atomic_write_bytes(self.path(key), save({"features": t}, metadata=meta))
+
+    def read(self, key: str) -> torch.Tensor | None:
+        """The verified entry, or None when it is absent, corrupt or stale (the caller recomputes)."""
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                t = f.get_tensor("features")
+        except Exception as e:  # noqa: BLE001 - any parse failure means: do not trust it
+            log.warning("feature cache: unreadable entry %s (%s); recomputing", p, e)
+            return None
+        problem = None
+        if meta.get("format") != FORMAT or meta.get("key") != key:
+            problem = "wrong format or key"
+        elif t.dtype != self.dtype or meta.get("dtype") != str(t.dtype):
+            problem = f"dtype {t.dtype}, expected {self.dtype}"
+        elif json.loads(meta.get("shape", "[]")) != list(t.shape) or t.dim() != 3 or t.shape[0] != NUM_VIEWS:
+            problem = f"shape {list(t.shape)}"
+        elif hashlib.sha256(_bytes(t)).hexdigest() != meta.get("sha256"):
+            problem = "checksum mismatch"
+        if problem:
+            log.warning("feature cache: invalid entry %s (%s); recomputing", p, problem)
+            return None
+        return t
+
+    # ---- filling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fill(self, records: Sequence[Any], preprocess_cfg, *, batch_size: int = 16, progress: bool = False) -> int:
+        """Compute and store every missing / invalid entry of `records`; returns how many were computed."""
+        from sdk.preprocess import preprocess
+
+        todo = [ex for ex in records if self.read(self.key(ex.image)) is None]
+        self.hits += len(records) - len(todo)
+        if not todo:
+            return 0
+        enc_mode = self.model.training
+        self.model.eval()
+        self.model.to(self.device)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="feature cache", unit="img")
+        try:
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i:i + batch_size]
+                gs, cs = [], []
+                for ex in chunk:
+                    try:
+                        g, c = preprocess(ex.image, preprocess_cfg)
+                    except Exception as e:
+                        raise DataError(f"{ex.source}: image {ex.image}: {e}") from e
+                    gs.append(torch.from_numpy(np.array(g, dtype=np.uint8, copy=True)))
+                    cs.append(torch.from_numpy(np.array(c, dtype=np.uint8, copy=True)))
+                feats = encode_views(self.model, torch.stack(gs).to(self.device), torch.stack(cs).to(self.device))
+                for ex, f in zip(chunk, feats, strict=True):
+                    self._write(self.key(ex.image), f)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            self.model.train(enc_mode)
+            if bar is not None:
+                bar.close()
+        self.misses += len(todo)
+        return len(todo)
+
+    def get(self, example: Any, preprocess_cfg=None) -> torch.Tensor:
+        """Features [5, T, D] of one example: read and verify; recompute (and rewrite) when invalid."""
+        key = self.key(example.image)
+        t = self.read(key)
+        if t is None:
+            if preprocess_cfg is None:
+                from sdk.preprocess import PreprocessConfig
+
+                preprocess_cfg = PreprocessConfig.from_dict(self.model.config.preprocess)
+            self.recomputed += 1
+            self.fill([example], preprocess_cfg, batch_size=1)
+            t = self.read(key)
+            if t is None:
+                raise DataError(f"feature cache: could not write a valid entry for {example.image}")
+        return t
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+class CachedFeatureDataset:
+    """Wraps a PostDataset built with `with_pixels=False`: items carry `image_features` [5, T, D] float32
+    instead of pixels."""
+
+    def __init__(self, base, cache: FeatureCache, records: Sequence[Any]) -> None:
+        self.base, self.cache, self.examples = base, cache, list(records)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.base[i]
+        item["image_features"] = self.cache.get(self.examples[i]).float()
+        return item
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for the image encoder: returns the cached outputs [B*5, T, D] whatever views it gets."""
+
+    def __init__(self, feats: torch.Tensor) -> None:
+        super().__init__()
+        self.feats = feats
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.feats.flatten(0, 1).to(views.dtype if views.is_floating_point() else self.feats.dtype)
+
+
+@contextlib.contextmanager
+def replay_encoder(model: torch.nn.Module, feats: torch.Tensor) -> Iterator[None]:
+    """Within the block, `model.image_encoder(views)` returns `feats` [B, 5, T, D] (flattened to [B*5, T, D]).
+
+    The model computes everything after the encoder (ln1_post, decoder, pooling, heads, latents) as usual,
+    so the logits are those of the uncached path. Swapping the submodule keeps training.model untouched.
+    """
+    enc = model._modules["image_encoder"]
+    model._modules["image_encoder"] = _Replay(feats)
+    try:
+        yield
+    finally:
+        model._modules["image_encoder"] = enc

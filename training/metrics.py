@@ -1,0 +1,142 @@
+"""Classification metrics in plain numpy (checked against scikit-learn in tests/test_eval.py).
+
+Conventions follow scikit-learn's defaults: precision/recall/F1 of a class with no predicted (or no true)
+samples is 0 (sklearn's `zero_division` warning case), macro = unweighted mean over all classes of the task
+(also those absent from the split), weighted = mean weighted by true support.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from sdk.errors import DataError
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [C, C]: row = true class, column = predicted class."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise DataError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{name} holds a class index outside [0, {num_classes})")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(num, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def task_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
+    """Accuracy, macro/weighted F1, per-class precision/recall/F1/support and the confusion matrix."""
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    n = cm.sum()
+    return {
+        "n": int(n),
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "macro_f1": float(f1.mean()) if len(labels) else 0.0,
+        "weighted_f1": float((f1 * support).sum() / n) if n else 0.0,
+        "per_class": {
+            lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                  "support": int(support[i])}
+            for i, lab in enumerate(labels)
+        },
+        "labels": list(labels),
+        "confusion": cm.tolist(),
+    }
+
+
+def evaluate_predictions(y_true: dict[str, np.ndarray], y_pred: dict[str, np.ndarray],
+                         tasks: dict[str, Sequence[str]]) -> dict[str, dict]:
+    """Per-task reports; rows whose true label is missing (< 0) are left out of that task."""
+    out: dict[str, dict] = {}
+    for task, labels in tasks.items():
+        if task not in y_true:
+            continue
+        t = np.asarray(y_true[task]).ravel()
+        p = np.asarray(y_pred[task]).ravel()
+        keep = t >= 0
+        out[task] = task_report(t[keep], p[keep], labels)
+    return out
+
+
+def format_report(reports: dict[str, dict]) -> str:
+    """A readable text table per task: summary line, per-class P/R/F1, confusion matrix."""
+    lines: list[str] = []
+    for task, r in reports.items():
+        lines.append(f"== {task}  (n={r['n']})  accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
+                     f"weighted-F1 {r['weighted_f1']:.4f}")
+        w = max(10, *(len(lab) for lab in r["labels"]))
+        lines.append(f"  {'class':<{w}} {'prec':>7} {'recall':>7} {'f1':>7} {'support':>8}")
+        for lab, c in r["per_class"].items():
+            lines.append(f"  {lab:<{w}} {c['precision']:>7.4f} {c['recall']:>7.4f} {c['f1']:>7.4f} "
+                         f"{c['support']:>8d}")
+        lines.append("  confusion (rows = true, columns = predicted, order as above):")
+        cw = max(4, *(len(str(v)) for row in r["confusion"] for v in row))
+        lines.extend("  " + " ".join(f"{v:>{cw}d}" for v in row) + f"   {lab}"
+                     for lab, row in zip(r["labels"], r["confusion"], strict=True))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary_row(reports: dict[str, dict]) -> dict[str, float]:
+    """Flat {task/metric: value} for metrics.jsonl and selection (mean macro-F1 over tasks included)."""
+    row = {}
+    for task, r in reports.items():
+        row[f"{task}/accuracy"] = r["accuracy"]
+        row[f"{task}/macro_f1"] = r["macro_f1"]
+        row[f"{task}/weighted_f1"] = r["weighted_f1"]
+    if reports:
+        row["macro_f1"] = float(np.mean([r["macro_f1"] for r in reports.values()]))
+    return row
+
+
+def save_confusion_png(reports: dict[str, dict], path: str) -> bool:
+    """Plot the confusion matrices (one panel per task); returns False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    import io
+
+    from sdk.atomic import atomic_write_bytes
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 4.5), squeeze=False)
+    for ax, (task, r) in zip(axes[0], reports.items(), strict=True):
+        cm = np.asarray(r["confusion"])
+        ax.imshow(cm, cmap="Blues")
+        ax.set_title(f"{task}: acc {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}")
+        ax.set_xticks(range(len(r["labels"])), r["labels"], rotation=45, ha="right")
+        ax.set_yticks(range(len(r["labels"])), r["labels"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def to_json(reports: dict[str, dict], **extra) -> str:
+    return json.dumps({**extra, "tasks": reports}, indent=2)

@@ -1,0 +1,579 @@
+"""The SyDES training loop: pretrain (MIM + ITC + consistency + KL) and fine-tune (CE + ITC).
+
+Recipe (../shared/SYDES.md): AdamW (0.9, 0.95), weight decay 0.01, per-module learning rates from the
+model's parameter groups, linear warm-up (15% pretrain / 10% fine-tune) then cosine, gradient
+accumulation, clipping, fp16 + GradScaler on CUDA (bf16 autocast on CPU on request), best checkpoint by dev
+loss (pretrain) or dev macro-F1 (fine-tune), early stopping.
+
+Output folder layout (`output`):
+    metrics.jsonl          one JSON object per log / eval event (rank 0 only)
+    last/                  checkpoint + training_state/ (written atomically every `save_every` steps)
+    best/                  best checkpoint so far (no training state)
+Rerunning the same command finds `last/training_state` and continues from that step; the result is the
+same weights as an uninterrupted run (data order, RNG states, optimiser, scaler and schedule restored).
+
+Distributed: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on
+CPU, NCCL on CUDA); each rank reads its shard of a deterministic order; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdk.atomic import atomic_directory, atomic_write_text
+from sdk.errors import CheckpointError, ConfigError
+from training.data import MISSING, PostDataset, Records, ResumableSampler, make_loader
+from training.metrics import evaluate_predictions, summary_row
+from training.schedule import set_lrs
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "finetune")
+STATE_DIR = "training_state"
+
+
+@dataclass
+class TrainOptions:
+    stage: str = "finetune"
+    epochs: int = 1
+    batch_size: int = 8
+    accum: int = 1
+    max_steps: int | None = None  # optimiser steps; stops early (the schedule still spans `epochs`)
+    warmup: float | None = None  # fraction of steps; default 0.15 pretrain / 0.10 fine-tune
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    lrs: dict[str, float] = field(default_factory=dict)  # overrides of the model's group LRs
+    clip: float = 1.0
+    amp: str = "auto"  # auto | off | fp16 | bf16
+    eval_every: int = 0  # optimiser steps between dev evaluations; 0 = at the end of each epoch only
+    save_every: int = 50  # optimiser steps between resumable checkpoints (and at every epoch end)
+    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    log_every: int = 10
+    deterministic: bool = False
+    progress: bool = True
+    feature_cache: str | None = None  # folder of the frozen-encoder feature cache (fine-tune only)
+
+    def validate(self) -> TrainOptions:
+        if self.stage not in STAGES:
+            raise ConfigError(f"unknown stage {self.stage!r}; valid: {', '.join(STAGES)}")
+        if self.amp not in ("auto", "off", "fp16", "bf16"):
+            raise ConfigError(f"unknown amp mode {self.amp!r}; valid: auto, off, fp16, bf16")
+        for name in ("epochs", "batch_size", "accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.feature_cache and self.stage != "finetune":
+            raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune only")
+        return self
+
+    @property
+    def warmup_frac(self) -> float:
+        return self.warmup if self.warmup is not None else (0.15 if self.stage == "pretrain" else 0.10)
+
+
+# --- distributed helpers ------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group torchrun set up (env WORLD_SIZE > 1); a no-op for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from sdk.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("--device cuda was asked for but torch sees no CUDA device")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # bit-exact resume test: no nondeterministic kernels, no threads racing on reductions
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+# --- RNG state (saved as tensors / plain lists: loadable with weights_only=True) -----------------------
+def _rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- model adapter (the model's API lives in training/model.py) ---------------------------------------
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The SyDES inside DDP / the loss wrapper."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, _LossForward):
+            model = model.module_
+        else:
+            return model
+
+
+# Per-module learning rates of the reference recipe (../shared/SYDES.md), by the model's parameter groups
+# (image_encoder, text_encoder, text_decoder, image_decoder, other).
+RECIPE_LRS = {
+    "pretrain": {"image_encoder": 5e-6, "text_encoder": 5e-5, "text_decoder": 1e-4, "image_decoder": 1e-4,
+                 "other": 1e-4},
+    "finetune": {"image_encoder": 0.0, "text_encoder": 1e-4, "text_decoder": 2e-4, "image_decoder": 0.0,
+                 "other": 1e-4},
+}
+
+
+def prepare_model_for_stage(model: torch.nn.Module, stage: str, *, fresh_finetune: bool) -> None:
+    """Freeze / re-init per the recipe. Fine-tune: image encoder + image decoder frozen, heads trainable and
+    (when starting from a pretrained checkpoint) the last head layer re-initialised. Pretrain: heads frozen
+    (no classification loss), everything else trainable."""
+    m = unwrap(model)
+    finetune = stage == "finetune"
+    m.freeze_image_encoder(finetune)
+    m.freeze_image_decoder(finetune)
+    m.heads.requires_grad_(finetune)
+    if finetune and fresh_finetune:
+        m.reinit_last_head_layer()
+
+
+def optimizer_groups(model: torch.nn.Module, stage: str, overrides: dict[str, float] | None = None) -> list[dict]:
+    """AdamW parameter groups with the recipe's LR per module group (`overrides` by group name)."""
+    lrs = dict(RECIPE_LRS[stage])
+    for k, v in (overrides or {}).items():
+        if k not in lrs:
+            raise ConfigError(f"unknown parameter group {k!r} in --lr; valid: {', '.join(lrs)}")
+        lrs[k] = v
+    groups = []
+    for name, params in unwrap(model).parameter_groups().items():
+        if params and lrs[name] > 0:
+            groups.append({"name": name, "params": params, "lr": lrs[name]})
+        elif params:  # a zero LR means frozen: keep it out of the optimiser and of the graph
+            for p in params:
+                p.requires_grad_(False)
+    if not groups:
+        raise ConfigError(f"nothing to train in stage {stage!r}: every parameter group is frozen")
+    return groups
+
+
+@contextlib.contextmanager
+def _replayed_encoder(model: torch.nn.Module, batch: dict[str, Any]):
+    """When the batch carries cached encoder outputs, swap in an encoder that returns them (see
+    training.feature_cache) and pass tiny dummy views; otherwise pass the uint8 canvases."""
+    if "image_features" not in batch:
+        yield {"global_pixels": batch["global_pixels"], "canvas_pixels": batch["canvas_pixels"]}
+        return
+    from training.feature_cache import replay_encoder
+
+    feats = batch["image_features"]
+    b = feats.shape[0]
+    with replay_encoder(unwrap(model), feats):
+        yield {"global_view": feats.new_zeros(b, 3, 1, 1), "tiles": feats.new_zeros(b, 4, 3, 1, 1)}
+
+
+def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
+    """Weighted losses of one batch (model.training_losses); key "loss" is the total to back-propagate.
+    Tasks with no labelled row in the batch are left out of the CE (their mean would be 0/0)."""
+    labels = batch["labels"]
+    tasks = unwrap(model).config.task_names
+    y = {t: labels[:, i] for i, t in enumerate(tasks) if bool((labels[:, i] != MISSING).any())}
+    with _replayed_encoder(model, batch) as views:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **views}
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return model(inputs, y, stage)  # DDP's forward -> training_losses (see _LossForward)
+        return model.training_losses(inputs, y, stage=stage)
+
+
+def batch_logits(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    m = unwrap(model)
+    with _replayed_encoder(m, batch) as views:
+        return m(batch["input_ids"], batch["attention_mask"], **views)
+
+
+class _LossForward(torch.nn.Module):
+    """Makes `training_losses` the forward DDP wraps (DDP hooks its gradient sync on forward)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.module_ = model
+
+    def forward(self, inputs, labels, stage):  # noqa: D401
+        return self.module_.training_losses(inputs, labels, stage=stage)
+
+
+# --- the trainer --------------------------------------------------------------------------------------
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class MetricsLog:
+    """Appends JSON lines to metrics.jsonl (and TensorBoard when installed); rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled, self.tb = path, enabled, None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{row.get('event', 'train')}/{k}", v, row.get("step", 0))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Trainer:
+    """Runs one stage. `model` is a SyDES; `train`/`dev` are Records; `tokenizer` an sdk Tokenizer."""
+
+    def __init__(self, model: torch.nn.Module, train: Records, dev: Records | None, tokenizer, output: str | Path,
+                 opts: TrainOptions, *, init_from: str | None = None) -> None:
+        self.opts = opts.validate()
+        self.output = Path(output)
+        self.device = resolve_device(opts.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = init_distributed(self.device)
+        set_seed(opts.seed, opts.deterministic)
+        self.model = model.to(self.device)
+        self.cfg = model.config
+        self.tasks = self.cfg.task_names
+        self.tokenizer = tokenizer
+        from sdk.preprocess import PreprocessConfig
+
+        pcfg = PreprocessConfig.from_dict(self.cfg.preprocess)
+        use_cache = bool(opts.feature_cache)
+        self.train_ds = PostDataset(train, tokenizer, pcfg, self.tasks, with_pixels=not use_cache)
+        self.dev_ds = PostDataset(dev, tokenizer, pcfg, self.tasks, with_pixels=not use_cache) if dev else None
+        self.cache = None
+        if use_cache:
+            from training.feature_cache import CachedFeatureDataset, FeatureCache
+
+            self.cache = FeatureCache(opts.feature_cache, model, device=self.device)
+            self.cache.fill(train, pcfg, batch_size=opts.batch_size, progress=opts.progress and self.dist.main)
+            if dev:
+                self.cache.fill(dev, pcfg, batch_size=opts.batch_size, progress=opts.progress and self.dist.main)
+            self.train_ds = CachedFeatureDataset(self.train_ds, self.cache, train)
+            if self.dev_ds is not None:
+                self.dev_ds = CachedFeatureDataset(self.dev_ds, self.cache, dev)
+        prepare_model_for_stage(self.model, opts.stage, fresh_finetune=init_from is not None)
+        self.sampler = ResumableSampler(len(self.train_ds), seed=opts.seed, shuffle=True, rank=self.dist.rank,
+                                        world_size=self.dist.world)
+        self.micro_per_epoch = math.ceil(self.sampler.per_rank() / opts.batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / opts.accum)
+        self.total_steps = self.steps_per_epoch * opts.epochs
+        groups = optimizer_groups(self.model, opts.stage, opts.lrs)
+        for g in groups:
+            g["base_lr"] = g["lr"]
+            g.setdefault("weight_decay", opts.weight_decay)
+        # foreach=False: one code path whatever the device, so CPU runs are bit-reproducible
+        self.optimizer = torch.optim.AdamW(groups, betas=opts.betas, weight_decay=opts.weight_decay,
+                                           foreach=False)
+        amp = opts.amp
+        if amp == "auto":
+            amp = "fp16" if self.device.type == "cuda" else "off"
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("fp16 mixed precision needs CUDA; on CPU use --amp bf16 or off")
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(_LossForward(self.model), device_ids=ids, find_unused_parameters=True)
+        self.metrics = MetricsLog(self.output / "metrics.jsonl", self.dist.main)
+        # progress state
+        self.step = 0
+        self.epoch = 0
+        self.micro_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.best: float | None = None
+        self.best_step = -1
+        self.bad_evals = 0
+        self.stopped_early = False
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    @property
+    def higher_is_better(self) -> bool:
+        return self.opts.stage == "finetune"
+
+    def _training_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+        }
+
+    def _progress(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
+                "sampler_seed": self.opts.seed, "world_size": self.dist.world, "best": self.best,
+                "best_step": self.best_step, "bad_evals": self.bad_evals, "stage": self.opts.stage,
+                "total_steps": self.total_steps, "stopped_early": self.stopped_early,
+                "options": {k: v for k, v in asdict(self.opts).items() if k not in ("progress", "device")}}
+
+    def save(self, name: str, with_state: bool) -> None:
+        """Write `output/name` atomically (rank 0); every rank waits for it."""
+        if self.dist.main:
+            with atomic_directory(self.output / name, overwrite=True) as tmp:
+                unwrap(self.model).save_pretrained(tmp, overwrite=True)
+                self.tokenizer.save(tmp / "tokenizer.json")
+                if with_state:
+                    sd = tmp / STATE_DIR
+                    sd.mkdir()
+                    torch.save(self._training_state(), sd / "state.pt")
+                    atomic_write_text(sd / "progress.json", json.dumps(self._progress(), indent=2))
+        self.dist.barrier()
+
+    def try_resume(self) -> bool:
+        """Continue from `output/last/training_state` when it is there; returns True if it resumed."""
+        last = self.output / "last"
+        sd = last / STATE_DIR
+        if not (sd / "progress.json").is_file():
+            return False
+        prog = json.loads((sd / "progress.json").read_text())
+        if prog["stage"] != self.opts.stage or prog["world_size"] != self.dist.world:
+            raise CheckpointError(
+                f"{last} holds a {prog['stage']} run on {prog['world_size']} process(es); this is "
+                f"{self.opts.stage} on {self.dist.world}: use another --output to start afresh")
+        from safetensors.torch import load_file
+
+        weights = load_file(str(last / "model.safetensors"), device="cpu")
+        unwrap(self.model).load_state_dict(weights, strict=True)
+        state = torch.load(sd / "state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.step, self.epoch, self.micro_in_epoch = prog["step"], prog["epoch"], prog["micro_in_epoch"]
+        self.best, self.best_step, self.bad_evals = prog["best"], prog["best_step"], prog["bad_evals"]
+        self.stopped_early = prog.get("stopped_early", False)
+        if self.dist.main:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", last, self.step, self.epoch,
+                     self.micro_in_epoch)
+        return True
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Dev loss (both stages) and, fine-tuning, per-task metrics. Runs on every rank over the whole dev
+        set (simple and identical on all ranks); its randomness (MIM masks) is isolated from training's."""
+        if self.dev_ds is None:
+            return {}
+        model = unwrap(self.model)
+        was = model.training
+        model.eval()
+        loader = make_loader(self.dev_ds, batch_size=self.opts.batch_size, shuffle=False,
+                             num_workers=self.opts.num_workers)
+        losses: list[float] = []
+        preds: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        trues: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.opts.seed + 12345)
+            for batch in loader:
+                batch = _to(batch, self.device)
+                with self._autocast():
+                    out = batch_losses(model, batch, self.opts.stage)
+                    losses.append(float(out["loss"]) * len(batch["labels"]))
+                    if self.opts.stage == "finetune":
+                        logits = batch_logits(model, batch)
+                for i, t in enumerate(self.tasks):
+                    trues[t].append(batch["labels"][:, i].cpu().numpy())
+                    if self.opts.stage == "finetune":
+                        preds[t].append(logits[t].float().argmax(-1).cpu().numpy())
+        if was:
+            self._train_mode()
+        row: dict[str, Any] = {"dev_loss": sum(losses) / len(self.dev_ds)}
+        if self.opts.stage == "finetune":
+            reps = evaluate_predictions({t: np.concatenate(v) for t, v in trues.items()},
+                                        {t: np.concatenate(v) for t, v in preds.items()}, self.cfg.tasks)
+            row.update(summary_row(reps))
+        return row
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.opts.stage == "finetune":  # a frozen encoder runs as at inference (and as its cache)
+            unwrap(self.model).image_encoder.eval()
+
+    def _autocast(self):
+        if self.amp == "fp16":
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _eval_and_select(self) -> None:
+        row = self.evaluate()
+        if not row:
+            return
+        key = "macro_f1" if self.higher_is_better else "dev_loss"
+        value = row[key]
+        better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+        if better:
+            self.best, self.best_step, self.bad_evals = value, self.step, 0
+            self.save("best", with_state=False)
+        else:
+            self.bad_evals += 1
+        self.metrics.write({"event": "eval", "step": self.step, "epoch": self.epoch, **row,
+                            "best": self.best, "best_step": self.best_step})
+        if self.dist.main:
+            log.info("eval step %d: %s (best %s %.4f at step %d)", self.step,
+                     ", ".join(f"{k} {v:.4f}" for k, v in row.items()), key, self.best, self.best_step)
+        if self.opts.patience and self.bad_evals >= self.opts.patience:
+            self.stopped_early = True
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        self.sampler.set_epoch(self.epoch, start=self.micro_in_epoch * self.opts.batch_size)
+        loader = make_loader(self.train_ds, batch_size=self.opts.batch_size, sampler=self.sampler,
+                             seed=self.opts.seed + self.epoch, num_workers=self.opts.num_workers)
+        yield from loader
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or max_steps / early stop); returns a summary. Resumes when it can."""
+        opts = self.opts
+        resumed = self.try_resume()
+        stop_at = self.total_steps if opts.max_steps is None else min(self.total_steps, opts.max_steps)
+        if self.dist.main:
+            self.metrics.write({"event": "start", "step": self.step, "resumed": resumed, "stage": opts.stage,
+                                "total_steps": self.total_steps, "world_size": self.dist.world,
+                                "device": str(self.device), "amp": self.amp, "train_size": len(self.train_ds)})
+        self._train_mode()
+        bar = None
+        if opts.progress and self.dist.main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=stop_at, initial=self.step, desc=opts.stage, unit="step", dynamic_ncols=True)
+        t_last, samples_since, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
+        while self.epoch < opts.epochs and self.step < stop_at and not self.stopped_early:
+            micro = self.micro_in_epoch
+            pending = 0  # micro-batches accumulated into the current step
+            group_size = min(opts.accum, self.micro_per_epoch - micro)
+            for batch in self._batches():
+                batch = _to(batch, self.device)
+                set_lrs(self.optimizer, self.step, self.total_steps, opts.warmup_frac)
+                sync = pending + 1 == group_size
+                ctx = self.model.no_sync() if (self.dist.world > 1 and not sync) else contextlib.nullcontext()
+                with ctx, self._autocast():
+                    out = batch_losses(self.model, batch, opts.stage)
+                    loss = out["loss"] / group_size
+                self.scaler.scale(loss).backward()
+                pending += 1
+                micro += 1
+                samples_since += len(batch["labels"]) * self.dist.world
+                loss_acc += float(out["loss"].detach())
+                n_acc += 1
+                if not sync:
+                    continue
+                self.scaler.unscale_(self.optimizer)
+                gnorm = torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], opts.clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                pending = 0
+                group_size = min(opts.accum, self.micro_per_epoch - micro)
+                self.micro_in_epoch = micro
+                if bar is not None:
+                    bar.update(1)
+                if self.step % opts.log_every == 0 or self.step == stop_at:
+                    dt = time.perf_counter() - t_last
+                    row = {"event": "train", "step": self.step, "epoch": self.epoch, "loss": loss_acc / n_acc,
+                           "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(gnorm),
+                           "samples_per_s": samples_since / max(dt, 1e-9)}
+                    row.update({k: float(v.detach()) for k, v in out.items() if k != "loss"})
+                    self.metrics.write(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.1f}")
+                    t_last, samples_since, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
+                epoch_done = micro >= self.micro_per_epoch
+                if opts.eval_every and self.step % opts.eval_every == 0 and not epoch_done:
+                    self._eval_and_select()
+                if epoch_done:
+                    self.epoch += 1
+                    self.micro_in_epoch = 0
+                    self._eval_and_select()
+                if epoch_done or self.step % opts.save_every == 0 or self.step >= stop_at or self.stopped_early:
+                    self.save("last", with_state=True)
+                if self.step >= stop_at or self.stopped_early or epoch_done:
+                    break
+        if bar is not None:
+            bar.close()
+        if self.best is None and self.dev_ds is None:  # no dev set: the last weights are the best we know
+            self.save("best", with_state=False)
+        summary = {"event": "end", "step": self.step, "epoch": self.epoch, "best": self.best,
+                   "best_step": self.best_step, "stopped_early": self.stopped_early}
+        self.metrics.write(summary)
+        self.metrics.close()
+        return summary
