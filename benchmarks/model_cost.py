@@ -2,8 +2,8 @@
 
     python benchmarks/model_cost.py [--presets reference edge] [--seq 77]
 
-Models are built on the meta device, then given empty CPU storage (no initialisation):
-torch.utils.flop_counter counts the FLOPs of every matmul / convolution / attention from shapes. One multiply-add = 2 FLOPs.
+Models are randomly initialised on the CPU; torch.utils.flop_counter counts the FLOPs of every
+matmul / convolution / attention of one forward pass. One multiply-add = 2 FLOPs.
 Elementwise ops (LayerNorm, GELU, softmax) are not counted; they are < 1% here.
 """
 
@@ -38,12 +38,8 @@ def measure(name: str, seq: int) -> dict:
     from training.model import SyDES
 
     cfg = presets.get_preset(name)()
-    with torch.device("meta"):  # structure without initialising weights (fast)
-        model = SyDES(cfg)
-    # HF's mask helpers read tensor values, so run on CPU with uninitialised (empty) weights;
-    # the values are irrelevant to FLOP counting.
-    model = model.to_empty(device="cpu").eval()
-    model.tiler = type(model.tiler)(cfg.image_size, tuple(cfg.preprocess["mean"]), tuple(cfg.preprocess["std"]))
+    # random init on CPU (HF's mask helpers read tensor values, so the meta device cannot run it)
+    model = SyDES(cfg).eval()
     s = cfg.image_size
     ids = torch.zeros(1, seq, dtype=torch.long)
     mask = torch.ones(1, seq, dtype=torch.long)
