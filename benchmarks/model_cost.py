@@ -51,8 +51,11 @@ def measure(name: str, seq: int) -> dict:
     inference_params = sum(v for k, v in params.items() if k in {
         "image_encoder", "text_encoder", "text_proj", "ln1_post", "ln2_post", "ln3_post", "ln4_post",
         "text_decoder", "pool_attn_q", "multipool_proj", "heads"})
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     counter = FlopCounterMode(display=False, depth=None)
-    with counter, torch.no_grad():
+    # the math SDPA backend is plain bmm/softmax, which the counter sees (CPU fused kernels it misses)
+    with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         model(ids, mask, global_pixels=gp, canvas_pixels=cp)
     by_stage = defaultdict(int)
     for mod, counts in counter.get_flop_counts().items():

@@ -33,13 +33,15 @@ class SydesCalibrationReader:
     input_ids i64 [B,L], attention_mask i64 [B,L]}.
 
     preprocess_cfg: sdk.preprocess.PreprocessConfig (or its dict); tokenizer: sdk.tokenizer.Tokenizer
-    (anything with encode_batch(texts) -> (ids, mask)). trim: drop all-pad token columns as the runtime
-    does (its manifest says trim_padding). Feeds are built lazily, so a rewind costs a re-decode but
-    memory stays at one batch.
+    (anything with encode_batch(texts) -> (ids, mask)). trim: True drops the all-pad token columns of
+    each batch as the runtime does (its manifest says trim_padding); "dataset" cuts every batch to the
+    longest text of all posts (one shape for all batches: onnxruntime's histogram calibrators stack the
+    batches, and real tokens still see no more padding than necessary); False keeps max_length.
+    Feeds are built lazily, so a rewind costs a re-decode but memory stays at one batch.
     """
 
     def __init__(self, posts: Sequence[Post], preprocess_cfg: Any, tokenizer: Any, batch_size: int = 1,
-                 trim: bool = True, input_names: Sequence[str] = INPUT_NAMES) -> None:
+                 trim: bool | str = True, input_names: Sequence[str] = INPUT_NAMES) -> None:
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         if not posts:
@@ -56,6 +58,12 @@ class SydesCalibrationReader:
         self.batch_size = batch_size
         self.trim = trim
         self.input_names = tuple(input_names)
+        if trim not in (True, False, "dataset"):
+            raise ConfigError(f"trim must be True, False or 'dataset', got {trim!r}")
+        self._length: int | None = None
+        if trim == "dataset":
+            _, mask = tokenizer.encode_batch([p.text for p in self.posts])
+            self._length = max(2, int(np.asarray(mask).sum(axis=1).max()))
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
     def __len__(self) -> int:
@@ -70,7 +78,9 @@ class SydesCalibrationReader:
         g = np.stack([v[0] for v in views]).astype(np.uint8, copy=False)
         c = np.stack([v[1] for v in views]).astype(np.uint8, copy=False)
         ids, mask = self.tokenizer.encode_batch([p.text for p in posts])
-        if self.trim and hasattr(self.tokenizer, "trim"):
+        if self._length is not None:
+            ids, mask = ids[:, :self._length], mask[:, :self._length]
+        elif self.trim and hasattr(self.tokenizer, "trim"):
             ids, mask = self.tokenizer.trim(ids, mask)
         names = self.input_names
         return {names[0]: g, names[1]: c, names[2]: np.ascontiguousarray(ids, dtype=np.int64),

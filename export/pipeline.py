@@ -253,7 +253,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
         calib_posts, held_posts, calib_desc = [], [], None
         if opts.calib:
             calib_posts, held_posts, calib_desc = _calibration_posts(opts, graph.labels)
-        reader = (SydesCalibrationReader(calib_posts, pcfg, tokenizer, batch_size=1, trim=True)
+        reader = (SydesCalibrationReader(calib_posts, pcfg, tokenizer, batch_size=1, trim="dataset")
                   if calib_posts else None)
         final = tmp / "model.onnx"
         with sw("convert_" + opts.precision):
