@@ -222,6 +222,8 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
         feeds = verification_feeds(pcfg, tokenizer)
         with sw("torch_reference"):
             ref = torch_probs(graph, feeds)
+            if graph.shared:  # the shared-encoder graph must answer as each model does on its own
+                _check_branches(graph, feeds, ref)
         raw = tmp / "raw.onnx"
         root = Path(opts.cache_dir) if opts.cache_dir else cache_root()
         with sw("onnx_export"):
@@ -330,6 +332,26 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
 
             build_bundle_engine(output, max_batch=opts.max_batch)
     return ExportReport(bundle=output, manifest=manifest, seconds=sw.seconds)
+
+
+def _check_branches(graph: Any, feeds: list[dict[str, np.ndarray]], ref: dict[str, np.ndarray]) -> None:
+    import torch
+
+    from export.graph import INPUT_NAMES
+
+    with torch.no_grad():
+        for m in graph.models:
+            own: dict[str, list[np.ndarray]] = {t: [] for t in m.config.tasks}
+            for feed in feeds:
+                ids, mask, g, c = (torch.as_tensor(feed[n]) for n in
+                                   (INPUT_NAMES[2], INPUT_NAMES[3], INPUT_NAMES[0], INPUT_NAMES[1]))
+                for t, p in m.forward_probs(ids, mask, global_pixels=g, canvas_pixels=c).items():
+                    own[t].append(p.numpy())
+            for t, parts in own.items():
+                d = float(np.max(np.abs(np.concatenate(parts) - ref[t])))
+                if d > 1e-5:
+                    raise ExportError(f"the shared-encoder graph's {t!r} branch differs from its own model by "
+                                      f"{d:.2e} (> 1e-5): the model's image path is not the shared one")
 
 
 def _check_fp32(cmp: dict[str, Any], tolerance: float, what: str) -> None:

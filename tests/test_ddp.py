@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_torchrun_two_processes(tmp_path):
     data = generate(tmp_path / "syn", splits={"train": 8, "dev": 4}, seed=2)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.commands.train", "finetune", "--preset", "tiny_clip", "--data", str(data),
-           "--output", str(out), "--epochs", "1", "--batch-size", "2", "--save-every", "1",
+           "--output", str(out), "--epochs", "1", "--batch-size", "2", "--accum", "1", "--save-every", "1",
            "--num-workers", "0", "--no-progress", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -78,6 +78,7 @@ def test_presets_sizes_and_task_order():
         (lambda d: d.update(latent_dim=16), "latent_dim"),
         (lambda d: d.update(version=9), "config version 9"),
         (lambda d: d["decoder"].update(depth=3), "invalid SyDES config"),
+        (lambda d: d["preprocess"].update(std=[0.2, 0.0, 0.2]), r"preprocess\.std must be > 0"),
     ],
 )
 def test_bad_configs_raise(mutate, match):
@@ -160,22 +161,20 @@ def test_forward_needs_one_input_form():
         model(ids, mask, global_pixels=gp, canvas_pixels=cp, global_view=g, tiles=t)
 
 
-def test_tiler_matches_numpy():
+def test_tiler_matches_host_normalise():
+    from sdk.preprocess import PreprocessConfig, normalise
+
     model = tiny()
     _, _, gp, cp = inputs()
     g, t = model.tiler(gp, cp)
-    mean = np.array(model.config.preprocess["mean"], np.float32)
-    std = np.array(model.config.preprocess["std"], np.float32)
-
-    def norm(a):  # HWC uint8 -> CHW float32, as sdk.preprocess.normalise does on the host
-        return ((a.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
-
+    pcfg = PreprocessConfig.from_dict(model.config.preprocess)
     c = cp.numpy()
+    # bit-identical to the runtime's host-side normalisation (same float32 ops in the same order)
+    np.testing.assert_array_equal(g.numpy(), normalise(gp.numpy(), pcfg))
     for i in range(2):
-        np.testing.assert_allclose(g[i].numpy(), norm(gp[i].numpy()), atol=1e-6)
         quads = [c[i, :S, :S], c[i, :S, S:], c[i, S:, :S], c[i, S:, S:]]  # TL, TR, BL, BR
         for k, q in enumerate(quads):
-            np.testing.assert_allclose(t[i, k].numpy(), norm(q), atol=1e-6)
+            np.testing.assert_array_equal(t[i, k].numpy(), normalise(q, pcfg)[0])
 
 
 def test_eos_removal_semantics():
@@ -309,6 +308,9 @@ def test_training_losses_finite_and_backward(kind):
     assert all(torch.isfinite(v) for v in pre.values())
     expected = 0.5 * pre["itc"] + 0.5 * pre["consistency"] + 0.025 * pre["kl"] + pre["recon"]
     torch.testing.assert_close(pre["loss"], expected)
+    torch.manual_seed(5)
+    again = model.forward_pretrain(batch)
+    assert set(again) == set(pre) and torch.isfinite(again["loss"])
     pre["loss"].backward()
     assert model.image_decoder.decoder_pred.weight.grad is not None
     assert model.gate_kv.gate_bias.grad is not None
@@ -341,6 +343,33 @@ def test_freezing_groups_and_reinit():
     model.reinit_last_head_layer()
     assert not torch.equal(before, model.heads["sentiment"].proj2.mlp[3].weight)
     assert torch.equal(keep, model.heads["sentiment"].proj1.mlp[0].weight)
+
+
+def test_pretrained_backbones_from_folders(tmp_path):
+    from training.backbones import load_backbone_state
+
+    donor = tiny("vit")
+    donor.image_encoder.vision_model.save_pretrained(tmp_path / "vit")
+    donor.text_encoder.text_model.save_pretrained(tmp_path / "bert")
+    cfg = donor.config.to_dict()
+    cfg["vision"]["pretrained"], cfg["text"]["pretrained"] = str(tmp_path / "vit"), str(tmp_path / "bert")
+    cfg = SydesConfig.from_dict(cfg)
+    torch.manual_seed(123)
+    model = SyDES(cfg, load_pretrained=True)
+    for part in ("image_encoder", "text_encoder"):
+        a, b = getattr(donor, part).state_dict(), getattr(model, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = SyDES(cfg)  # without load_pretrained: random
+    load_backbone_state(fresh.image_encoder, donor.image_encoder.vision_model.state_dict())
+    assert torch.equal(fresh.image_encoder.vision_model.layernorm.weight,
+                       donor.image_encoder.vision_model.layernorm.weight)
+    bad = dict(donor.image_encoder.vision_model.state_dict())
+    bad.pop("layernorm.bias")
+    with pytest.raises(CheckpointError, match=r"missing \['layernorm.bias'\]"):
+        load_backbone_state(fresh.image_encoder, bad)
+    cfg.vision.pretrained = str(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="cannot load the vision backbone"):
+        SyDES(cfg, load_pretrained=True)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------

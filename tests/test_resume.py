@@ -36,6 +36,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow  # ~50 s: three training processes (2 cores)
 def test_kill_and_resume_gives_identical_weights(tmp_path):
     data = generate(tmp_path / "syn", splits={"train": 12, "dev": 4}, seed=1)
     full, cut = tmp_path / "full", tmp_path / "cut"

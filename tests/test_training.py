@@ -106,3 +106,45 @@ def test_finetune_freezes_encoder_and_image_decoder(syn, tmp_path):
     assert not any(p.requires_grad for p in model.image_encoder.parameters())
     assert not any(p.requires_grad for p in model.image_decoder.parameters())
     assert any(p.requires_grad for p in model.text_decoder.parameters())
+
+
+def test_feature_cache_gives_identical_logits_and_verifies_entries(syn, tmp_path, caplog):
+    from sdk.preprocess import PreprocessConfig
+    from training.data import PostDataset, collate, read_msed
+    from training.feature_cache import CachedFeatureDataset, FeatureCache
+    from training.runner import build_model
+    from training.trainer import batch_logits
+
+    torch.manual_seed(0)
+    model, tok = build_model(preset="tiny_clip")
+    model.eval()
+    rec = read_msed(syn, "dev", limit=4)
+    pcfg = PreprocessConfig.from_dict(model.config.preprocess)
+    cache = FeatureCache(tmp_path / "cache", model)
+    assert cache.fill(rec, pcfg, batch_size=2) == 4 and cache.fill(rec, pcfg) == 0
+    plain = PostDataset(rec, tok, pcfg, model.config.task_names)
+    cached = CachedFeatureDataset(PostDataset(rec, tok, pcfg, model.config.task_names, with_pixels=False), cache, rec)
+    with torch.no_grad():
+        a = batch_logits(model, collate([plain[i] for i in range(4)]))
+        b = batch_logits(model, collate([cached[i] for i in range(4)]))
+    for t in a:
+        assert torch.equal(a[t], b[t]), t
+    assert "image_encoder.vision_model.embeddings.patch_embedding.weight" in model.state_dict()  # swapped back
+
+    # corrupt one entry, truncate another: both are detected and recomputed, never trusted
+    p0, p1 = cache.path(cache.key(rec[0].image)), cache.path(cache.key(rec[1].image))
+    good = p0.read_bytes()
+    raw = bytearray(good)
+    raw[-5] ^= 0xFF
+    p0.write_bytes(bytes(raw))
+    p1.write_bytes(good[:100])
+    assert cache.read(cache.key(rec[0].image)) is None and "checksum mismatch" in caplog.text
+    assert cache.read(cache.key(rec[1].image)) is None
+    f0 = cached[0]["image_features"]
+    assert cache.recomputed == 1 and torch.equal(f0, FeatureCache(tmp_path / "cache", model).get(rec[0]))
+    assert cache.fill(rec, pcfg) == 1  # the truncated one
+
+    # other encoder weights -> other keys (stale entries are never used)
+    with torch.no_grad():
+        next(model.image_encoder.parameters()).add_(1.0)
+    assert FeatureCache(tmp_path / "cache", model).key(rec[0].image) != cache.key(rec[0].image)

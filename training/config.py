@@ -183,11 +183,9 @@ class SydesConfig:
                 f"preprocess sizes (global {g}, canvas {c}) must be the encoder's image size "
                 f"{self.image_size} and twice it ({2 * self.image_size}) for the 2x2 tiler"
             )
-        for key in ("mean", "std", "pad_rgb"):
-            if len(self.preprocess.get(key, ())) != 3:
-                raise ConfigError(f"preprocess {key!r} needs 3 values")
-        if any(float(s) <= 0 for s in self.preprocess["std"]):
-            raise ConfigError("preprocess std values must be > 0")
+        from sdk.preprocess import PreprocessConfig  # numpy + pillow only: cheap
+
+        PreprocessConfig.from_dict(self.preprocess)  # one validation, the runtime's own (ConfigError)
         # The reference's quirk: ln2_post normalises vision tokens at the decoder width.
         if self.decoder.width != self.vision.hidden_size:
             raise ConfigError(

@@ -195,15 +195,17 @@ class CachedFeatureDataset:
     """Wraps a PostDataset built with `with_pixels=False`: items carry `image_features` [5, T, D] float32
     instead of pixels."""
 
-    def __init__(self, base, cache: FeatureCache, records: Sequence[Any]) -> None:
+    def __init__(self, base, cache: FeatureCache, records: Sequence[Any], transform=None) -> None:
         self.base, self.cache, self.examples = base, cache, list(records)
+        self.transform = transform  # optional features -> features (ablations: global view only, no image)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.base[i]
-        item["image_features"] = self.cache.get(self.examples[i]).float()
+        f = self.cache.get(self.examples[i]).float()
+        item["image_features"] = f if self.transform is None else self.transform(f)
         return item
 
 

@@ -339,6 +339,12 @@ class SyDES(nn.Module):
         losses["loss"] = sum(w[k] * losses[k] for k in ("itc", "consistency", "kl", "recon", "ce"))
         return losses
 
+    def forward_pretrain(
+        self, batch_inputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """training_losses(..., stage="pretrain") (the name docs/contracts.md uses)."""
+        return self.training_losses(batch_inputs, labels, stage="pretrain")
+
     def reinit_last_head_layer(self) -> None:
         """Re-initialise proj2 of every head (xavier / zero), as the reference's fine-tune does by not
         loading `proj2.*` from the pretrain checkpoint."""

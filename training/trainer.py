@@ -68,6 +68,7 @@ class TrainOptions:
     deterministic: bool = False
     progress: bool = True
     feature_cache: str | None = None  # folder of the frozen-encoder feature cache (fine-tune only)
+    feature_cache_dtype: str = "float32"  # float32 = exact logits; float16 halves the disk (not exact)
 
     def validate(self) -> TrainOptions:
         if self.stage not in STAGES:
@@ -321,7 +322,8 @@ class Trainer:
         if use_cache:
             from training.feature_cache import CachedFeatureDataset, FeatureCache
 
-            self.cache = FeatureCache(opts.feature_cache, model, device=self.device)
+            self.cache = FeatureCache(opts.feature_cache, model, device=self.device,
+                                      dtype=getattr(torch, opts.feature_cache_dtype))
             self.cache.fill(train, pcfg, batch_size=opts.batch_size, progress=opts.progress and self.dist.main)
             if dev:
                 self.cache.fill(dev, pcfg, batch_size=opts.batch_size, progress=opts.progress and self.dist.main)

@@ -1,0 +1,205 @@
+"""export/: checkpoint -> verified bundle at every precision (tiny random tiny_clip model).
+
+One FP32 export (the torch -> ONNX step, ~30-50 s here) is shared by the module through the raw-graph
+cache, so the FP16 / INT8 / failure-path exports after it take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+
+from export.errors import ExportError, ExportValidationError  # noqa: E402
+from export.pipeline import ExportOptions, check_options, export_checkpoints  # noqa: E402
+from sdk.errors import BackendUnavailableError, BundleIntegrityError, ConfigError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from sdk.tokenizer import Tokenizer
+    from training.model import SyDES
+    from training.presets import tiny_clip
+
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    tok = root / "tokenizer.json"
+    Tokenizer.clip().save(tok)
+    ck = SyDES(tiny_clip()).save_pretrained(root / "ck", tokenizer_file=tok)
+    return {"root": root, "ck": ck, "cache": root / "cache"}
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(work: dict[str, Path]):
+    return export_checkpoints([work["ck"]], work["root"] / "fp32.sydes", ExportOptions(cache_dir=str(work["cache"])))
+
+
+def _opts(work: dict[str, Path], **kw) -> ExportOptions:
+    return ExportOptions(cache_dir=str(work["cache"]), **kw)
+
+
+def test_fp32_bundle_matches_torch(fp32_bundle, work) -> None:
+    from sdk.bundle import load_bundle
+
+    b = load_bundle(fp32_bundle.bundle)
+    m = b.manifest
+    assert m.precision == "fp32" and list(m.tasks) == ["sentiment", "emotion", "desire"]
+    v = m.validation
+    assert v["passed"] is True and max(v["max_abs_diff"].values()) <= 1e-4
+    assert v["analyzer"]["backend"] == "onnxruntime" and max(v["analyzer"]["max_abs_diff"].values()) <= 1e-4
+    assert 2 in v["text_lengths"] and 1 in v["batch_sizes"]  # empty caption and batch 1 were verified
+    assert [t.name for t in m.graph.inputs] == ["global_pixels", "canvas_pixels", "input_ids", "attention_mask"]
+    assert m.graph.input("input_ids").shape == ("batch", "seq")
+    assert [t.name for t in m.graph.outputs] == ["probs_sentiment", "probs_emotion", "probs_desire"]
+    prov = m.provenance
+    assert prov["checkpoints"][0]["sha256"] and prov["opset"] == 18 and prov["packages"]["onnxruntime"]
+    assert prov["calibration"] is None and m.calibration_report is None
+    assert (b.path / "engines").is_dir() and m.tokenizer.trim_padding
+
+
+def test_dynamic_batch_and_length(fp32_bundle, work) -> None:
+    import onnxruntime as ort
+
+    from training.model import SyDES
+
+    model = SyDES.from_pretrained(work["ck"]).eval()
+    sess = ort.InferenceSession(str(fp32_bundle.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for b, length in ((3, 7), (1, 77), (2, 2)):
+        feed = {"global_pixels": rng.integers(0, 256, (b, 224, 224, 3), dtype=np.uint8),
+                "canvas_pixels": rng.integers(0, 256, (b, 448, 448, 3), dtype=np.uint8),
+                "input_ids": rng.integers(1, 49000, (b, length)).astype(np.int64),
+                "attention_mask": np.ones((b, length), np.int64)}
+        feed["input_ids"][:, -1] = 49407
+        out = sess.run(None, feed)
+        with torch.no_grad():
+            ref = model.forward_probs(torch.as_tensor(feed["input_ids"]), torch.as_tensor(feed["attention_mask"]),
+                                      global_pixels=torch.as_tensor(feed["global_pixels"]),
+                                      canvas_pixels=torch.as_tensor(feed["canvas_pixels"]))
+        for o, r in zip(out, ref.values(), strict=True):
+            assert o.shape == (b, r.shape[1])
+            np.testing.assert_allclose(o, r.numpy(), atol=1e-4)
+
+
+def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
+    from sdk.analyzer import Analyzer
+
+    fp16 = export_checkpoints([work["ck"]], work["root"] / "fp16.sydes", _opts(work, precision="fp16"))
+    assert fp16.manifest["provenance"]["graph_cache_hit"] is True  # no second torch export
+    assert fp16.manifest["graphs"]["model"]["bytes"] < 0.6 * fp32_bundle.manifest["graphs"]["model"]["bytes"]
+    assert "LayerNormalization" in fp16.manifest["provenance"]["precision_details"]["fp32_ops"]
+    assert set(fp16.manifest["validation"]["agreement"]) == {"sentiment", "emotion", "desire"}
+
+    kw = dict(precision="int8", calib="generated", calib_samples=12, eval_samples=6, calib_method="minmax")
+    int8 = export_checkpoints([work["ck"]], work["root"] / "int8.sydes", _opts(work, **kw))
+    m = int8.manifest
+    assert m["provenance"]["calibration"] == {"method": "minmax", "samples": 12, "data": "generated"}
+    rep = m["calibration_report"]
+    assert rep["calibration"]["cache_hit"] is False and rep["samples"] == 6
+    assert set(rep["tasks"]["desire"]) >= {"top1_agreement", "macro_f1", "macro_f1_drop"}
+    assert m["provenance"]["precision_details"]["scheme"]["activation_type"] == "QUInt8"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8.bundle / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    for bundle in (fp16.bundle, int8.bundle):
+        with Analyzer(bundle, backend="onnxruntime", device="cpu", warmup=False) as a:
+            res = a.analyze_batch([(np.full((300, 200, 3), 90, np.uint8), "a dog"),
+                                   (np.zeros((50, 80, 3), np.uint8), "two people laughing at the beach")])
+        assert all(r.ok for r in res) and set(res[0].tasks) == {"sentiment", "emotion", "desire"}
+
+    # same graph, data, method and N: the ranges come from the cache
+    again = export_checkpoints([work["ck"]], work["root"] / "int8.sydes", _opts(work, overwrite=True, **kw))
+    assert again.manifest["calibration_report"]["calibration"]["cache_hit"] is True
+    assert again.manifest["graphs"]["model"]["sha256"] == m["graphs"]["model"]["sha256"]
+    trt = export_checkpoints([work["ck"]], work["root"] / "int8t.sydes", _opts(work, target="tensorrt", **kw))
+    sch = trt.manifest["provenance"]["precision_details"]["scheme"]
+    assert sch["activation_type"] == "QInt8" and sch["activation_symmetric"] and sch["per_channel"]
+
+
+def test_tampered_bundle_is_refused(fp32_bundle, work) -> None:
+    import shutil
+
+    from sdk.bundle import clear_verify_cache, load_bundle
+
+    copy = work["root"] / "tampered.sydes"
+    shutil.copytree(fp32_bundle.bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    clear_verify_cache()
+    with pytest.raises(BundleIntegrityError, match="does not match its sha256"):
+        load_bundle(copy)
+
+
+def test_interrupted_export_leaves_nothing(fp32_bundle, work, monkeypatch) -> None:
+    import sdk.bundle
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(sdk.bundle, "write_manifest", boom)
+    out = work["root"] / "interrupted" / "x.sydes"
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_checkpoints([work["ck"]], out, _opts(work))
+    assert not out.exists()
+    assert os.listdir(out.parent) == []  # no .x.sydes.*.partial temp folder either
+
+
+def test_fp32_check_fails_loudly(fp32_bundle, work) -> None:
+    out = work["root"] / "strict.sydes"
+    with pytest.raises(ExportValidationError, match=r"max \|probability difference\| per task sentiment: .* "
+                       r"exceeds the tolerance 1e-12") as e:
+        export_checkpoints([work["ck"]], out, _opts(work, tolerance=1e-12))
+    assert set(e.value.figures["max_abs_diff"]) == {"sentiment", "emotion", "desire"}
+    assert not out.exists()
+
+
+def test_sydes_info_on_bundle(fp32_bundle, capsys) -> None:
+    from sdk.cli import main
+
+    assert main(["info", str(fp32_bundle.bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "probs_desire" in out and "fp32" in out
+    assert main(["info", "--json", str(fp32_bundle.bundle)]) == 0
+    assert json.loads(capsys.readouterr().out)["schema"] == "sydes-bundle"
+
+
+def test_cli_export_errors(work, tmp_path, capsys) -> None:
+    from sdk.cli import main
+
+    out = str(tmp_path / "x.sydes")
+    assert main(["export", str(work["ck"]), "-o", out, "--precision", "int4"]) == 1
+    assert "valid: fp32, fp16, int8" in capsys.readouterr().err
+    assert main(["export", str(work["ck"]), "-o", out, "--precision", "int8", "--calib", "generated",
+                 "--calib-method", "kl"]) == 1
+    assert "valid: minmax, entropy, percentile" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "-o", out]) == 1
+    assert "not a folder" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def test_option_errors(work, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="valid: cpu, tensorrt"):
+        check_options(ExportOptions(target="gpu"))
+    with pytest.raises(ConfigError, match="valid: onnx, tensorrt"):
+        check_options(ExportOptions(format="engine"))
+    with pytest.raises(ConfigError, match="INT8 export needs calibration data"):
+        check_options(ExportOptions(precision="int8"))
+    with pytest.raises(ConfigError, match="opset 9 is outside"):
+        check_options(ExportOptions(opset=9))
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(BackendUnavailableError, match="needs TensorRT 10"):
+            export_checkpoints([work["ck"]], tmp_path / "t.sydes", ExportOptions(format="tensorrt"))
+    existing = tmp_path / "exists.sydes"
+    existing.mkdir()
+    with pytest.raises(ExportError, match="already exists"):
+        export_checkpoints([work["ck"]], existing, ExportOptions())
