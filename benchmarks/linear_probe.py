@@ -83,7 +83,8 @@ def probe(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, float]:
 
     n_classes = int(y.max()) + 1
     pred = np.zeros_like(y)
-    min_count = np.bincount(y).min()
+    counts = np.bincount(y)
+    min_count = counts[counts > 0].min()
     folds = StratifiedKFold(n_splits=min(3, max(2, int(min_count))), shuffle=True, random_state=seed)
     for tr, te in folds.split(x, y):
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
@@ -122,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         if importlib.util.find_spec(module) is None:
             print(f"skipped image-only probe {name}: package {module!r} is not installed")
     print(f"features in {time.perf_counter() - t0:.0f} s for {len(recs)} posts")
+    from threadpoolctl import threadpool_limits
+
     rows = {}
-    for name, x in feats.items():
-        rows[name] = {t: probe(x, np.array([e.labels[t] for e in recs])) for t in MSED_TASKS}
+    # one BLAS thread: after torch's OpenMP pool, multi-threaded BLAS in sklearn spins on this shared 2-core box
+    with threadpool_limits(1):
+        for name, x in feats.items():
+            rows[name] = {t: probe(x, np.array([e.labels[t] for e in recs])) for t in MSED_TASKS}
     tasks = list(MSED_TASKS)
     print(f"{'features':<12} " + " ".join(f"{t[:9] + ' F1':>12} {t[:9] + ' acc':>13}" for t in tasks))
     for name, r in rows.items():

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = Path(os.environ.get("SYDES_MSED_DIR", ROOT.parent / "shared" / "data" / "msed-mini"))
@@ -48,8 +50,17 @@ def _blank(records):
     return Records([replace(e, text="") for e in records], list(records.skipped), records.source)
 
 
+def report_lrs(args) -> dict[str, float]:
+    """The report recipe's learning rates: frozen image and text encoders (both cached), decoder + pooling +
+    heads trained."""
+    lrs = {"text_decoder": args.lr, "other": args.lr}
+    if not args.train_text_encoder:
+        lrs["text_encoder"] = 0.0
+    return lrs
+
+
 def run_variant(name: str, args, train, dev, out_dir: Path, init: str | None = None) -> dict:
-    """Fine-tune one variant with the feature cache; returns its dev row (per-task macro-F1/accuracy)."""
+    """Fine-tune one variant with the shared feature cache; returns its dev row (per-task macro-F1/accuracy)."""
     import torch
 
     from training.runner import build_model
@@ -62,7 +73,8 @@ def run_variant(name: str, args, train, dev, out_dir: Path, init: str | None = N
     opts = TrainOptions(stage="finetune", epochs=args.epochs, batch_size=args.batch_size, accum=args.accum,
                         seed=args.seed, num_workers=args.num_workers, feature_cache=str(args.cache_dir),
                         feature_cache_dtype=args.cache_dtype, save_every=10**9, patience=args.patience,
-                        progress=not args.no_progress, log_every=10)
+                        progress=not args.no_progress, log_every=10, lrs=report_lrs(args),
+                        text_cache=not args.train_text_encoder)
     tr = Trainer(model, train, dev, tok, out_dir / name, opts, init_from=init)
     transform = {"global-only": _global_only, "text-only": _no_image}.get(name)
     tr.train_ds.transform = transform
@@ -75,13 +87,17 @@ def run_variant(name: str, args, train, dev, out_dir: Path, init: str | None = N
     row = tr.evaluate()
     row["train_seconds"] = time.perf_counter() - t0
     row["best_step"] = tr.best_step
+    row["steps"] = tr.step
+    row["evals"] = [json.loads(x) for x in (out_dir / name / "metrics.jsonl").read_text().splitlines()
+                    if '"eval"' in x]
     del tr, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return row
 
 
-def pretrain(args, train, dev, out_dir: Path) -> str:
-    """MIM pretrain of the edge preset with the image encoder frozen (lr 0): its cache stays valid."""
+def pretrain(args, train, out_dir: Path) -> str:
+    """MIM pretrain of the edge preset with the image encoder frozen (lr 0): the global view comes from the
+    shared cache, the masked tiles run the real encoder; no dev set (the last weights are kept)."""
     from training.runner import build_model
     from training.trainer import Trainer, TrainOptions, set_seed
 
@@ -89,9 +105,91 @@ def pretrain(args, train, dev, out_dir: Path) -> str:
     model, tok = build_model(preset="edge")
     opts = TrainOptions(stage="pretrain", epochs=args.pretrain_epochs, batch_size=args.batch_size,
                         accum=args.accum, seed=args.seed, num_workers=args.num_workers, save_every=10**9,
-                        lrs={"image_encoder": 0.0}, progress=not args.no_progress, log_every=10)
-    Trainer(model, train, dev, tok, out_dir / "pretrain", opts).fit()
+                        lrs={"image_encoder": 0.0}, feature_cache=str(args.cache_dir),
+                        feature_cache_dtype=args.cache_dtype, progress=not args.no_progress, log_every=10)
+    Trainer(model, train, None, tok, out_dir / "pretrain", opts).fit()
     return str(out_dir / "pretrain" / "best")
+
+
+def subset(records, n: int | None, seed: int):
+    """A fixed random subset of `n` rows (the same for every variant), in file order."""
+    import random
+
+    from training.data import Records
+
+    if n is None or n >= len(records):
+        return records
+    keep = sorted(random.Random(seed).sample(range(len(records)), n))
+    return Records([records[i] for i in keep], list(records.skipped), records.source)
+
+
+def fill_cache_and_check(args, train, dev) -> dict:
+    """Fill the shared cache once (all 5 views of every image of both splits); check that the cached path's
+    logits match the uncached fp32 path on a few dev posts (fp16 storage is not bit-exact)."""
+    import torch
+
+    from sdk.preprocess import PreprocessConfig
+    from training.data import PostDataset, collate
+    from training.feature_cache import CachedFeatureDataset, FeatureCache
+    from training.runner import build_model
+    from training.trainer import batch_logits, set_seed
+
+    set_seed(args.seed)
+    model, tok = build_model(preset="edge")
+    model.eval()
+    pcfg = PreprocessConfig.from_dict(model.config.preprocess)
+    cache = FeatureCache(args.cache_dir, model, dtype=getattr(torch, args.cache_dtype))
+    t0 = time.perf_counter()
+    n = cache.fill(list(train) + list(dev), pcfg, batch_size=8, progress=not args.no_progress)
+    fill_s = time.perf_counter() - t0
+    k = min(4, len(dev))
+    plain = PostDataset(list(dev)[:k], tok, pcfg, model.config.task_names)
+    cached = CachedFeatureDataset(PostDataset(list(dev)[:k], tok, pcfg, model.config.task_names,
+                                              with_pixels=False), cache, list(dev)[:k])
+    with torch.no_grad():
+        a = batch_logits(model, collate([plain[i] for i in range(k)], trim=True))
+        b = batch_logits(model, collate([cached[i] for i in range(k)], trim=True))
+    diff = max(float((a[t] - b[t]).abs().max()) for t in a)
+    # linear-probe features from the same caches: DINOv2 global view CLS + mean patch; MiniLM mean-pooled
+    from training.feature_cache import encode_texts
+
+    feats = {}
+    for split, rec in (("train", train), ("dev", dev)):
+        img = torch.stack([cache.get(e)[0].float() for e in rec])  # [N, T, D] view 0 = global
+        ds = PostDataset(rec, tok, pcfg, model.config.task_names, with_pixels=False)
+        h = encode_texts(model, ds.ids, ds.mask, batch_size=64)
+        m = torch.from_numpy(ds.mask).float().unsqueeze(-1)
+        feats[split] = {"dinov2": torch.cat([img[:, 0], img[:, 1:].mean(1)], 1).numpy(),
+                        "text": ((h * m).sum(1) / m.sum(1).clamp(min=1)).numpy()}
+        feats[split]["text+dinov2"] = np.concatenate([feats[split]["text"], feats[split]["dinov2"]], 1)
+    return {"computed": n, "fill_seconds": fill_s, "dtype": args.cache_dtype,
+            "max_abs_logit_diff_vs_uncached_fp32": diff, "checked_posts": k}, feats
+
+
+def subset_probes(feats, train, dev) -> dict:
+    """Logistic-regression probes fitted on the train subset, scored on the dev subset (as the variants)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    from training.data import MSED_TASKS
+    from training.metrics import task_report
+
+    rows = {}
+    with threadpool_limits(1):
+        for name in feats["train"]:
+            r = {}
+            for t, labels in MSED_TASKS.items():
+                ytr = np.array([e.labels[t] for e in train])
+                yte = np.array([e.labels[t] for e in dev])
+                clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+                clf.fit(feats["train"][name], ytr)
+                rep = task_report(yte, clf.predict(feats["dev"][name]), list(labels))
+                r[f"{t}/macro_f1"], r[f"{t}/accuracy"] = rep["macro_f1"], rep["accuracy"]
+            r["macro_f1"] = float(np.mean([r[f"{t}/macro_f1"] for t in MSED_TASKS]))
+            rows[f"probe:{name}"] = r
+    return rows
 
 
 def cache_speedup(args) -> dict:
@@ -121,22 +219,45 @@ def cache_speedup(args) -> dict:
     return res
 
 
+FLOOR = {  # the issue's linear-probe floor (macro-F1 %, full msed, sentiment / emotion / desire)
+    "issue floor: text+image": (77.5, 71.5, 65.0),
+    "issue floor: text alone": (75.4, 68.5, 66.4),
+    "issue floor: image alone": (64.2, 44.5, 38.0),
+}
+
+
+def table(rows: dict[str, dict], tasks: list[str]) -> str:
+    header = f"{'variant':<22} " + " ".join(f"{t[:9] + ' F1':>12} {t[:9] + ' acc':>13}" for t in tasks) + "  mean F1"
+    lines = [header, "-" * len(header)]
+    for v, r in rows.items():
+        lines.append(f"{v:<22} " + " ".join(f"{100 * r[f'{t}/macro_f1']:>12.1f} {100 * r[f'{t}/accuracy']:>13.1f}"
+                                            for t in tasks) + f"  {100 * r['macro_f1']:.1f}")
+    for name, f1 in FLOOR.items():
+        lines.append(f"{name:<22} " + " ".join(f"{x:>12.1f} {'-':>13}" for x in f1) + f"  {sum(f1) / 3:.1f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "msed_report.json")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "msed_report")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "sydes" / "features")
-    p.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--cache-dtype", default="float16", choices=["float32", "float16"])
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--limit", type=int, default=None, help="rows per split (smoke runs)")
+    p.add_argument("--limit", type=int, default=None, help="rows read per split (smoke runs)")
+    p.add_argument("--train-subset", type=int, default=None, help="fixed random subset of train (CPU budget)")
+    p.add_argument("--dev-subset", type=int, default=None, help="fixed random subset of dev (CPU budget)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--pretrain-epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--accum", type=int, default=1)
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--lr", type=float, default=3e-4, help="decoder + pooling + heads learning rate")
+    p.add_argument("--train-text-encoder", action="store_true",
+                   help="train the text encoder (recipe lr) instead of freezing and caching it")
+    p.add_argument("--patience", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cache-speedup", action="store_true", help="only measure steps/s with vs without cache")
     p.add_argument("--speed-samples", type=int, default=32)
@@ -166,24 +287,47 @@ def main(argv: list[str] | None = None) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown variants {bad}; valid: {', '.join(VARIANTS)}")
-    train = read_split(str(args.data), "train", None, tasks=MSED_TASKS, limit=args.limit)
-    dev = read_split(str(args.data), "dev", None, tasks=MSED_TASKS, limit=args.limit)
-    rows: dict[str, dict] = {}
-    for v in variants:
-        init = pretrain(args, train, dev, args.runs) if v == "mim+mixed" else None
-        rows[v] = run_variant(v, args, train, dev, args.runs, init=init)
-        print(f"{v}: " + ", ".join(f"{k} {rows[v][k]:.4f}" for k in sorted(rows[v]) if "macro_f1" in k), flush=True)
+    train = subset(read_split(str(args.data), "train", None, tasks=MSED_TASKS, limit=args.limit),
+                   args.train_subset, args.seed)
+    dev = subset(read_split(str(args.data), "dev", None, tasks=MSED_TASKS, limit=args.limit),
+                 args.dev_subset, args.seed + 1)
     tasks = list(MSED_TASKS)
-    header = f"{'variant':<12} " + " ".join(f"{t[:9] + ' F1':>12} {t[:9] + ' acc':>13}" for t in tasks) + "  mean F1"
-    lines = [header, "-" * len(header)]
-    for v, r in rows.items():
-        lines.append(f"{v:<12} " + " ".join(f"{r[f'{t}/macro_f1']:>12.4f} {r[f'{t}/accuracy']:>13.4f}" for t in tasks)
-                     + f"  {r['macro_f1']:.4f}")
-    print("\n".join(lines))
+    t_start = time.perf_counter()
     report = {"data": str(args.data), "train_rows": len(train), "dev_rows": len(dev), "preset": "edge",
-              "selection": "best dev macro-F1 (dev is also the evaluation split)", "args": {
-                  k: str(v) for k, v in vars(args).items()}, "variants": rows}
-    atomic_write_text(args.out, json.dumps(report, indent=2))
+              "recipe": {"image_encoder": "frozen, 5-view outputs cached once (shared by all variants)",
+                         "text_encoder": "trained (recipe lr)" if args.train_text_encoder else
+                         "frozen, outputs cached once per variant (report recipe)",
+                         "trained": "text_proj, ln*_post, decoder, pooling, heads (+ text encoder if trained)",
+                         "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
+                         "token_padding": "trimmed to each batch's longest caption"},
+              "selection": "best epoch by dev macro-F1 (dev is also the evaluation split)",
+              "args": {k: str(v) for k, v in vars(args).items()}, "variants": {}}
+
+    def save() -> None:
+        report["wall_seconds"] = time.perf_counter() - t_start
+        atomic_write_text(args.out, json.dumps(report, indent=2))
+
+    report["cache"], feats = fill_cache_and_check(args, train, dev)
+    print(f"cache: {json.dumps(report['cache'])}", flush=True)
+    report["probes"] = subset_probes(feats, train, dev)
+    save()
+    print(table(report["probes"], tasks), flush=True)
+    rows: dict[str, dict] = report["variants"]
+    for v in variants:
+        t0 = time.perf_counter()
+        init = None
+        if v == "mim+mixed":
+            init = pretrain(args, train, args.runs)
+            report["pretrain_seconds"] = time.perf_counter() - t0
+        rows[v] = run_variant(v, args, train, dev, args.runs, init=init)
+        rows[v]["seconds"] = time.perf_counter() - t0
+        print(f"{v} ({rows[v]['seconds']:.0f} s): " + ", ".join(
+            f"{k} {rows[v][k]:.4f}" for k in sorted(rows[v]) if "macro_f1" in k), flush=True)
+        save()  # incremental: a cut-short run still leaves every finished variant
+    text = table({**rows, **report["probes"]}, tasks)
+    report["table"] = text
+    print(text)
+    save()
     print(f"wrote {args.out}")
     return 0
 

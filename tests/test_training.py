@@ -148,3 +148,66 @@ def test_feature_cache_gives_identical_logits_and_verifies_entries(syn, tmp_path
     with torch.no_grad():
         next(model.image_encoder.parameters()).add_(1.0)
     assert FeatureCache(tmp_path / "cache", model).key(rec[0].image) != cache.key(rec[0].image)
+
+
+@pytest.mark.parametrize("preset", ["tiny_clip", "tiny_vit_bert"])
+def test_trimmed_padding_and_text_cache_keep_logits(syn, preset):
+    """Trailing pads never reach real positions: trimmed batches and replayed frozen text-encoder outputs
+    give the logits of the full-length path (within float tolerance)."""
+    from sdk.preprocess import PreprocessConfig
+    from training.data import PostDataset, collate, read_msed
+    from training.feature_cache import CachedTextDataset, encode_texts
+    from training.runner import build_model
+    from training.trainer import batch_logits
+
+    torch.manual_seed(0)
+    model, tok = build_model(preset=preset)
+    model.eval()
+    rec = read_msed(syn, "dev", limit=4)
+    pcfg = PreprocessConfig.from_dict(model.config.preprocess)
+    ds = PostDataset(rec, tok, pcfg, model.config.task_names)
+    full = collate([ds[i] for i in range(4)])
+    trimmed = collate([ds[i] for i in range(4)], trim=True)
+    assert trimmed["input_ids"].shape[1] < full["input_ids"].shape[1]
+    assert trimmed["input_ids"].shape[1] == int(full["attention_mask"].sum(1).max())
+    texted = CachedTextDataset(ds, encode_texts(model, ds.ids, ds.mask, batch_size=3))
+    replayed = collate([texted[i] for i in range(4)], trim=True)
+    with torch.no_grad():
+        a, b, c = (batch_logits(model, x) for x in (full, trimmed, replayed))
+    for t in a:
+        assert torch.allclose(a[t], b[t], atol=1e-5, rtol=0), (t, (a[t] - b[t]).abs().max())
+        assert torch.allclose(a[t], c[t], atol=1e-5, rtol=0), (t, (a[t] - c[t]).abs().max())
+    assert "text_encoder" in dict(model.named_children()) and not isinstance(model.text_encoder, torch.nn.Identity)
+
+
+def test_pretrain_with_cached_global_view_matches_uncached(syn, tmp_path):
+    from sdk.preprocess import PreprocessConfig
+    from training.data import PostDataset, collate, read_msed
+    from training.feature_cache import CachedFeatureDataset, FeatureCache
+    from training.runner import build_model
+    from training.trainer import batch_losses
+
+    torch.manual_seed(0)
+    model, tok = build_model(preset="tiny_clip")
+    model.eval()
+    rec = read_msed(syn, "dev", limit=4)
+    pcfg = PreprocessConfig.from_dict(model.config.preprocess)
+    cache = FeatureCache(tmp_path / "cache", model)
+    cache.fill(rec, pcfg)
+    plain = PostDataset(rec, tok, pcfg, model.config.task_names)
+    cached = CachedFeatureDataset(PostDataset(rec, tok, pcfg, model.config.task_names), cache, rec)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = batch_losses(model, collate([plain[i] for i in range(4)], trim=True), "pretrain")
+        torch.manual_seed(1)
+        b = batch_losses(model, collate([cached[i] for i in range(4)], trim=True), "pretrain")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_cache_option_errors():
+    with pytest.raises(ConfigError, match="frozen text encoder"):
+        TrainOptions(text_cache=True).validate()
+    with pytest.raises(ConfigError, match="image_encoder learning rate of 0"):
+        TrainOptions(stage="pretrain", feature_cache="/tmp/x").validate()
+    TrainOptions(stage="pretrain", feature_cache="/tmp/x", lrs={"image_encoder": 0.0}).validate()

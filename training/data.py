@@ -261,14 +261,33 @@ class PostDataset:
         return item
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a list of items into a batch (tensors stacked, `index` as an int64 tensor)."""
+TOKEN_KEYS = ("input_ids", "attention_mask", "text_hidden")  # tensors whose dim 1 is the token length
+
+
+def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:
+    """Cut the token dimension of `TOKEN_KEYS` to the batch's longest real sequence (max of the mask sums).
+
+    Exact for the logits: trailing pads are masked keys in the text encoder's attention and in the pooling,
+    and the decoder's self-attention is causal, so no real position ever sees a trailing pad.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return batch
+    n = max(1, int(mask.sum(dim=1).max()))
+    if n >= mask.shape[1]:
+        return batch
+    return {k: v[:, :n] if k in TOKEN_KEYS and hasattr(v, "dim") and v.dim() >= 2 else v for k, v in batch.items()}
+
+
+def collate(items: list[dict[str, Any]], trim: bool = False) -> dict[str, Any]:
+    """Stack a list of items into a batch (tensors stacked, `index` as an int64 tensor); `trim` cuts the
+    token padding to the batch's longest caption (trim_padding)."""
     torch = _torch()
     out: dict[str, Any] = {}
     for k in items[0]:
         vals = [it[k] for it in items]
         out[k] = torch.tensor(vals, dtype=torch.int64) if k == "index" else torch.stack(vals)
-    return out
+    return trim_padding(out) if trim else out
 
 
 class ResumableSampler:
@@ -315,8 +334,11 @@ class ResumableSampler:
 
 
 def make_loader(dataset, *, batch_size: int, sampler: ResumableSampler | None = None, shuffle: bool = False,
-                seed: int = 0, num_workers: int = 0, drop_last: bool = False):
-    """A DataLoader over `dataset` with `collate`; workers are seeded from `seed` for determinism."""
+                seed: int = 0, num_workers: int = 0, drop_last: bool = False, trim: bool = False):
+    """A DataLoader over `dataset` with `collate`; workers are seeded from `seed` for determinism; `trim`
+    cuts each batch's token padding to its longest caption."""
+    import functools
+
     torch = _torch()
     from torch.utils.data import DataLoader
 
@@ -324,6 +346,7 @@ def make_loader(dataset, *, batch_size: int, sampler: ResumableSampler | None = 
         sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle)
     g = torch.Generator()
     g.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                      collate_fn=functools.partial(collate, trim=True) if trim else collate,
                       num_workers=num_workers, drop_last=drop_last, generator=g,
                       persistent_workers=False, pin_memory=False)

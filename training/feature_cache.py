@@ -233,3 +233,111 @@ def replay_encoder(model: torch.nn.Module, feats: torch.Tensor) -> Iterator[None
         yield
     finally:
         model._modules["image_encoder"] = enc
+
+
+# ---- frozen text encoder (report recipe): its outputs computed once, in memory -------------------------
+@torch.no_grad()
+def encode_texts(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, *, batch_size: int = 64,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """Frozen text encoder outputs [N, L, Dt] float32 for token ids / mask [N, L], in eval mode (no dropout).
+
+    Each batch runs trimmed to its longest caption; pad positions are stored as zeros. Exact for the
+    logits: pad positions are masked in pooling, and the decoder's causal self-attention never lets a real
+    position see a trailing pad (see training.data.trim_padding)."""
+    enc = model.text_encoder
+    was = enc.training
+    enc.eval()
+    n, length = ids.shape
+    out = None
+    try:
+        for i in range(0, n, batch_size):
+            m = torch.from_numpy(np.ascontiguousarray(mask[i:i + batch_size]))
+            k = max(1, int(m.sum(dim=1).max()))
+            x = torch.from_numpy(np.ascontiguousarray(ids[i:i + batch_size, :k]))
+            h = enc(x.to(device), m[:, :k].to(device)).float().cpu()  # [b, k, Dt]
+            if out is None:
+                out = torch.zeros(n, length, h.shape[-1])
+            out[i:i + h.shape[0], :k] = h * m[:, :k].unsqueeze(-1).to(h.dtype)
+    finally:
+        enc.train(was)
+    return out if out is not None else torch.zeros(0, length, 0)
+
+
+class CachedTextDataset:
+    """Wraps a dataset: items also carry `text_hidden` [L, Dt], the frozen text encoder's outputs."""
+
+    def __init__(self, base, hidden: torch.Tensor) -> None:
+        if len(base) != hidden.shape[0]:
+            raise DataError(f"text cache holds {hidden.shape[0]} rows for a dataset of {len(base)}")
+        self.base, self.hidden = base, hidden
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.base[i]
+        item["text_hidden"] = self.hidden[i]
+        return item
+
+    def __getattr__(self, name: str) -> Any:  # transform etc. of the wrapped dataset
+        if name in ("base", "hidden"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("base", "hidden"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.base, name, value)
+
+
+class _TextReplay(torch.nn.Module):
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if tuple(self.hidden.shape[:2]) != tuple(input_ids.shape):
+            raise DataError(f"cached text features {tuple(self.hidden.shape)} do not match ids {tuple(input_ids.shape)}")
+        return self.hidden
+
+
+@contextlib.contextmanager
+def replay_text_encoder(model: torch.nn.Module, hidden: torch.Tensor) -> Iterator[None]:
+    """Within the block, `model.text_encoder(ids, mask)` returns `hidden` [B, L, Dt]."""
+    enc = model._modules["text_encoder"]
+    model._modules["text_encoder"] = _TextReplay(hidden)
+    try:
+        yield
+    finally:
+        model._modules["text_encoder"] = enc
+
+
+class _GlobalReplay(torch.nn.Module):
+    """Pretrain with a frozen image encoder: `forward` (the unmasked global view) returns the cached global
+    features [B, T, D]; `embed` / `encode` (the masked tiles) run the real encoder."""
+
+    def __init__(self, enc: torch.nn.Module, global_feats: torch.Tensor) -> None:
+        super().__init__()
+        self.enc, self.feats = enc, global_feats
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.feats
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.enc.embed(pixels)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.enc.encode(tokens)
+
+
+@contextlib.contextmanager
+def replay_global_view(model: torch.nn.Module, global_feats: torch.Tensor) -> Iterator[None]:
+    """Within the block, the image encoder's plain call returns `global_feats` [B, T, D] (view 0 of the cache);
+    the masked tile passes of MIM pretraining still run the real (frozen) encoder."""
+    enc = model._modules["image_encoder"]
+    model._modules["image_encoder"] = _GlobalReplay(enc, global_feats)
+    try:
+        yield
+    finally:
+        model._modules["image_encoder"] = enc

@@ -69,6 +69,8 @@ class TrainOptions:
     progress: bool = True
     feature_cache: str | None = None  # folder of the frozen-encoder feature cache (fine-tune only)
     feature_cache_dtype: str = "float32"  # float32 = exact logits; float16 halves the disk (not exact)
+    trim_padding: bool = True  # cut each batch's token padding to its longest caption (exact: see data.py)
+    text_cache: bool = False  # frozen text encoder (lr 0): compute its outputs once, in memory
 
     def validate(self) -> TrainOptions:
         if self.stage not in STAGES:
@@ -80,8 +82,11 @@ class TrainOptions:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.feature_cache and self.stage != "finetune":
-            raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune only")
+        if self.feature_cache and self.stage != "finetune" and self.lrs.get("image_encoder", None) != 0:
+            raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune, or with "
+                              "pretrain and an image_encoder learning rate of 0")
+        if self.text_cache and self.lrs.get("text_encoder", None) != 0:
+            raise ConfigError("the text cache needs a frozen text encoder: set the text_encoder learning rate to 0")
         return self
 
     @property
@@ -220,17 +225,27 @@ def optimizer_groups(model: torch.nn.Module, stage: str, overrides: dict[str, fl
 
 
 @contextlib.contextmanager
-def _replayed_encoder(model: torch.nn.Module, batch: dict[str, Any]):
-    """When the batch carries cached encoder outputs, swap in an encoder that returns them (see
-    training.feature_cache) and pass tiny dummy views; otherwise pass the uint8 canvases."""
-    if "image_features" not in batch:
-        yield {"global_pixels": batch["global_pixels"], "canvas_pixels": batch["canvas_pixels"]}
-        return
-    from training.feature_cache import replay_encoder
+def _replayed_encoder(model: torch.nn.Module, batch: dict[str, Any], stage: str = "finetune"):
+    """When the batch carries cached encoder outputs, swap in encoders that return them (see
+    training.feature_cache) and pass tiny dummy views; otherwise pass the uint8 canvases. Pretraining with
+    cached image features replays the global view only (the masked tiles need the real encoder)."""
+    from training.feature_cache import replay_encoder, replay_global_view, replay_text_encoder
 
-    feats = batch["image_features"]
-    b = feats.shape[0]
-    with replay_encoder(unwrap(model), feats):
+    m = unwrap(model)
+    with contextlib.ExitStack() as stack:
+        if "text_hidden" in batch:
+            stack.enter_context(replay_text_encoder(m, batch["text_hidden"]))
+        if "image_features" not in batch:
+            yield {"global_pixels": batch["global_pixels"], "canvas_pixels": batch["canvas_pixels"]}
+            return
+        feats = batch["image_features"]
+        b = feats.shape[0]
+        if stage == "pretrain":
+            _, tiles = m.tiler(batch["global_pixels"], batch["canvas_pixels"])
+            stack.enter_context(replay_global_view(m, feats[:, 0]))
+            yield {"global_view": feats.new_zeros(b, 3, 1, 1), "tiles": tiles}
+            return
+        stack.enter_context(replay_encoder(m, feats))
         yield {"global_view": feats.new_zeros(b, 3, 1, 1), "tiles": feats.new_zeros(b, 4, 3, 1, 1)}
 
 
@@ -240,7 +255,7 @@ def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str) -> d
     labels = batch["labels"]
     tasks = unwrap(model).config.task_names
     y = {t: labels[:, i] for i, t in enumerate(tasks) if bool((labels[:, i] != MISSING).any())}
-    with _replayed_encoder(model, batch) as views:
+    with _replayed_encoder(model, batch, stage) as views:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **views}
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             return model(inputs, y, stage)  # DDP's forward -> training_losses (see _LossForward)
@@ -316,8 +331,10 @@ class Trainer:
 
         pcfg = PreprocessConfig.from_dict(self.cfg.preprocess)
         use_cache = bool(opts.feature_cache)
-        self.train_ds = PostDataset(train, tokenizer, pcfg, self.tasks, with_pixels=not use_cache)
-        self.dev_ds = PostDataset(dev, tokenizer, pcfg, self.tasks, with_pixels=not use_cache) if dev else None
+        pixels = not use_cache or opts.stage == "pretrain"  # pretrain's masked tiles need the pixels
+        self.train_ds = PostDataset(train, tokenizer, pcfg, self.tasks, with_pixels=pixels)
+        self.dev_ds = PostDataset(dev, tokenizer, pcfg, self.tasks, with_pixels=pixels) if dev else None
+        tokens = [(d.ids, d.mask) for d in (self.train_ds, self.dev_ds) if d is not None]
         self.cache = None
         if use_cache:
             from training.feature_cache import CachedFeatureDataset, FeatureCache
@@ -330,6 +347,14 @@ class Trainer:
             self.train_ds = CachedFeatureDataset(self.train_ds, self.cache, train)
             if self.dev_ds is not None:
                 self.dev_ds = CachedFeatureDataset(self.dev_ds, self.cache, dev)
+        if opts.text_cache:
+            from training.feature_cache import CachedTextDataset, encode_texts
+
+            hid = [encode_texts(self.model, ids, mask, batch_size=max(opts.batch_size, 32), device=self.device)
+                   for ids, mask in tokens]
+            self.train_ds = CachedTextDataset(self.train_ds, hid[0])
+            if self.dev_ds is not None:
+                self.dev_ds = CachedTextDataset(self.dev_ds, hid[1])
         prepare_model_for_stage(self.model, opts.stage, fresh_finetune=init_from is not None)
         self.sampler = ResumableSampler(len(self.train_ds), seed=opts.seed, shuffle=True, rank=self.dist.rank,
                                         world_size=self.dist.world)
@@ -435,7 +460,7 @@ class Trainer:
         was = model.training
         model.eval()
         loader = make_loader(self.dev_ds, batch_size=self.opts.batch_size, shuffle=False,
-                             num_workers=self.opts.num_workers)
+                             num_workers=self.opts.num_workers, trim=self.opts.trim_padding)
         losses: list[float] = []
         preds: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         trues: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
@@ -464,8 +489,12 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.model.train()
-        if self.opts.stage == "finetune":  # a frozen encoder runs as at inference (and as its cache)
-            unwrap(self.model).image_encoder.eval()
+        m = unwrap(self.model)
+        # a frozen encoder runs as at inference (and as its cache)
+        if self.opts.stage == "finetune" or self.opts.lrs.get("image_encoder", None) == 0:
+            m.image_encoder.eval()
+        if self.opts.lrs.get("text_encoder", None) == 0:
+            m.text_encoder.eval()
 
     def _autocast(self):
         if self.amp == "fp16":
@@ -498,7 +527,8 @@ class Trainer:
     def _batches(self) -> Iterator[dict[str, Any]]:
         self.sampler.set_epoch(self.epoch, start=self.micro_in_epoch * self.opts.batch_size)
         loader = make_loader(self.train_ds, batch_size=self.opts.batch_size, sampler=self.sampler,
-                             seed=self.opts.seed + self.epoch, num_workers=self.opts.num_workers)
+                             seed=self.opts.seed + self.epoch, num_workers=self.opts.num_workers,
+                             trim=self.opts.trim_padding)
         yield from loader
 
     def fit(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Per target:
   u8 x u8 and 449 GFLOP/s FP32); asymmetric u8 also uses the full range for post-GELU / post-softmax
   activations that are mostly positive.
 - tensorrt: activations QInt8 symmetric (zero point 0: what TensorRT's explicit quantisation accepts),
-  weights QInt8 symmetric per output channel (TensorRT's recommended weight scheme).
+  weights QInt8 symmetric per output channel (TensorRT's recommended weight scheme); the attention
+  products are quantised too (TensorRT fuses INT8 attention on recent GPUs).
 LayerNorm, Softmax, GELU and the pooling stay in float: only the compute-heavy linear ops are quantised.
 The graph is pre-processed with quant_pre_process(skip_symbolic_shape=True) first (symbolic shape
 inference fails on the dynamic text length).
@@ -33,7 +34,7 @@ def scheme(target: str) -> dict[str, Any]:
         return {"activation_type": "QInt8", "weight_type": "QInt8", "activation_symmetric": True,
                 "per_channel": True, "matmul_const_b_only": False}
     return {"activation_type": "QUInt8", "weight_type": "QInt8", "activation_symmetric": False,
-            "per_channel": False, "matmul_const_b_only": False}
+            "per_channel": False, "matmul_const_b_only": True}
 
 
 def convert(ctx: ConvertContext) -> dict[str, Any]:
