@@ -103,9 +103,16 @@ def run_precisions(args: argparse.Namespace) -> None:
     for prec in args.precisions.split(","):
         opts = ExportOptions(precision=prec, calib=calib if prec == "int8" else None, calib_samples=args.calib_samples,
                              calib_method=args.calib_method, eval_samples=0, overwrite=True, target=args.target,
-                             cache_dir=str(work / "cache"), fusions=not args.no_fusions)
+                             cache_dir=str(work / "cache"), fusions=args.fusions)
         t0 = time.perf_counter()
-        rep = export_checkpoints([ck], work / f"{prec}.sydes", opts)
+        if args.reuse and (work / f"{prec}.sydes" / "manifest.json").is_file():
+            from types import SimpleNamespace
+
+            from sdk.bundle import load_bundle
+
+            rep = SimpleNamespace(bundle=work / f"{prec}.sydes", manifest=load_bundle(work / f"{prec}.sydes").manifest.raw)
+        else:
+            rep = export_checkpoints([ck], work / f"{prec}.sydes", opts)
         export_s = time.perf_counter() - t0
         graph = rep.bundle / "model.onnx"
         sess = session(graph, args.threads)
@@ -155,7 +162,7 @@ def run_shared(args: argparse.Namespace) -> None:
         ck, model = build_random_checkpoint(work, args.preset, (t,), seed=i, share_from=first)
         first = first or model
         cks.append(ck)
-    opts = ExportOptions(overwrite=True, cache_dir=str(work / "cache"), fusions=not args.no_fusions,
+    opts = ExportOptions(overwrite=True, cache_dir=str(work / "cache"), fusions=args.fusions,
                          eval_samples=0)
     multi = export_checkpoints(cks, work / "multi.sydes", opts)
     singles = [export_checkpoints([c], work / f"{t}.sydes", opts) for c, t in zip(cks, tasks, strict=True)]
@@ -190,9 +197,10 @@ def main() -> None:
     p.add_argument("--eval-samples", type=int, default=256)
     p.add_argument("--runs", type=int, default=5, help="timed runs per latency (median)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-fusions", action="store_true")
+    p.add_argument("--fusions", action="store_true", help="onnxruntime-only contrib fusions")
     p.add_argument("--shared", action="store_true", help="shared-encoder comparison instead")
     p.add_argument("--out", help="keep the bundles here (default: a temp folder)")
+    p.add_argument("--reuse", action="store_true", help="use bundles already in --out instead of re-exporting")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run_shared(args) if args.shared else run_precisions(args)

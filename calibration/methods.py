@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import tempfile
 import time
@@ -59,10 +60,23 @@ class CalibrationResult:
     seconds: float
 
 
+class _ListReader:
+    """A CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, Any]]) -> None:
+        self.feeds = feeds
+
+    def get_next(self) -> dict[str, Any] | None:
+        return self.feeds.pop(0) if self.feeds else None
+
+
 def compute_ranges(model_path: str | Path, reader: Any, method: str = "minmax",
                    op_types: Sequence[str] | None = None, options: dict[str, Any] | None = None,
-                   providers: Sequence[str] | None = None) -> Any:
-    """Run the calibrator over `reader` and return onnxruntime TensorsData for `model_path`'s tensors."""
+                   providers: Sequence[str] | None = None, chunk: int = 8) -> Any:
+    """Run the calibrator over `reader` and return onnxruntime TensorsData for `model_path`'s tensors.
+
+    Batches go in chunks of `chunk` (histograms and min/max are merged across chunks), so memory
+    stays at `chunk` batches of activations whatever the number of samples."""
     method = check_method(method)
     from onnxruntime.quantization.calibrate import create_calibrator
 
@@ -72,8 +86,15 @@ def compute_ranges(model_path: str | Path, reader: Any, method: str = "minmax",
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=_ort_method(method), extra_options=opts,
                                        providers=list(providers) if providers else None)
-        reader.rewind()
-        calibrator.collect_data(reader)
+        # onnxruntime's calibrators keep every intermediate output of one collect_data call in memory:
+        # feeding chunks bounds that (histograms and min/max merge across calls)
+        feeds = iter(reader.batches()) if hasattr(reader, "batches") else iter(reader.get_next, None)
+        fed = 0
+        while block := list(itertools.islice(feeds, chunk)):
+            fed += len(block)
+            calibrator.collect_data(_ListReader(block))
+        if not fed:
+            raise ConfigError("the calibration reader produced no data")
         ranges = calibrator.compute_data()
         del calibrator  # releases the session before the temp folder goes
     return ranges

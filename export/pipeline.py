@@ -3,7 +3,8 @@
 1. load the checkpoint(s) (several single-task ones must share identical image-encoder weights);
 2. torch.onnx.export (dynamo) of ExportGraph: uint8 pixels + ids -> probs_<task>, dynamic batch / length;
 3. verify the raw graph against torch (FP32 max |dp| <= tolerance, else ExportValidationError);
-4. optimise (portable onnxruntime basic level; transformer fusions for --target cpu when they verify);
+4. optimise (portable onnxruntime basic level; with --fusions, for --target cpu, onnxruntime.transformers'
+   contrib-op fusions when they apply and verify);
 5. convert to the precision (fp32 / fp16 / int8 with calibration, cached);
 6. verify the final graph against torch (figures into the manifest), and for reduced precisions with
    calibration data, compare with FP32 on a held-out slice (top-1 agreement, macro-F1 drop);
@@ -57,7 +58,7 @@ class ExportOptions:
     overwrite: bool = False
     tolerance: float = FP32_TOLERANCE
     name: str | None = None
-    fusions: bool = True
+    fusions: bool = False          # onnxruntime-only contrib fusions (cpu target; not portable)
     check_analyzer: bool = True
     max_batch: int = 32            # TensorRT profile
 

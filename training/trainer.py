@@ -83,7 +83,7 @@ class TrainOptions:
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.feature_cache and self.stage != "finetune" and self.lrs.get("image_encoder", None) != 0:
-            raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune, or with "
+            raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune only, or with "
                               "pretrain and an image_encoder learning rate of 0")
         if self.text_cache and self.lrs.get("text_encoder", None) != 0:
             raise ConfigError("the text cache needs a frozen text encoder: set the text_encoder learning rate to 0")

@@ -30,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/sydes/calibration)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--name", help="bundle name in the manifest (default: the output folder's stem)")
-    p.add_argument("--no-fusions", action="store_true", help="never apply onnxruntime-only fusions")
+    p.add_argument("--fusions", action="store_true",
+                   help="--target cpu only: apply onnxruntime.transformers' contrib-op fusions (BiasGelu, "
+                        "SkipLayerNorm, Attention ...) where they apply; the graph then runs on onnxruntime only. "
+                        "Off by default: onnxruntime applies the same fusions itself when it loads a graph")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
 
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                          calib=args.calib, calib_split=args.calib_split, calib_samples=args.calib_samples,
                          calib_method=args.calib_method, eval_samples=args.eval_samples,
                          cache_dir=args.cache_dir, overwrite=args.overwrite, name=args.name,
-                         fusions=not args.no_fusions)
+                         fusions=args.fusions)
     report = export_checkpoints(args.checkpoints, args.output, opts)
     print(report.summary())
     return 0
