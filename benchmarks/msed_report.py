@@ -11,8 +11,21 @@ Variants (all fine-tunes keep the image encoder frozen, so its outputs are cache
 Model selection is by dev macro-F1 on the same dev split (msed-mini has no test split): the figures are
 therefore optimistic, and comparable between variants.
 
-    python benchmarks/msed_report.py --out runs/msed_report.json               # the full run (~1 h, 2 cores)
-    python benchmarks/msed_report.py --limit 64 --epochs 1 --out /tmp/r.json   # a smoke run
+    python benchmarks/msed_report.py --out runs/msed_report.json               # full data (hours on 2 cores)
+    python benchmarks/msed_report.py --train-subset 256 --dev-subset 200 --epochs 2 --batch-size 8 \\
+        --variants mixed,text-only,global-only,image-only,mim+mixed --out runs/msed_report.json  # CPU budget run
+    python benchmarks/msed_report.py --limit 12 --train-subset 8 --dev-subset 6 --epochs 1 --out /tmp/r.json
+    python benchmarks/msed_report.py --markdown runs/msed_report.json          # the table, as Markdown
+
+Report recipe (documented as such; not the paper's): the image encoder AND the text encoder are frozen; the
+5-view image features are computed once into the on-disk cache (fp16 by default; the cached path's logits
+are checked against the uncached fp32 path and the difference is recorded) and shared by every variant; the
+frozen text encoder's outputs are computed once per variant in memory; token padding is trimmed to each
+batch's longest caption (exact). Every variant trains text_proj, the ln*_post, the decoder, pooling and heads
+with AdamW at one lr (--lr), the same epochs / batch / seed, and keeps its best epoch on dev. mim+mixed
+pretrains first (image encoder frozen, global view from the cache, masked tiles through the real encoder,
+text encoder trained at the recipe lr), then fine-tunes exactly as `mixed`. Linear probes (logistic
+regression) are fitted on the same train subset and scored on the same dev subset, from the same caches.
     python benchmarks/msed_report.py --cache-speedup                            # steps/s with vs without cache
 Skips with a message (exit 0) where the data or the offline backbones are absent.
 """
@@ -237,6 +250,21 @@ def table(rows: dict[str, dict], tasks: list[str]) -> str:
     return "\n".join(lines)
 
 
+def markdown(report: dict) -> str:
+    """The report's table (variants finished so far + probes + the issue's floor) as Markdown, in %."""
+    from training.data import MSED_TASKS
+
+    tasks = list(MSED_TASKS)
+    head = "| variant | " + " | ".join(f"{t} F1 | {t} acc" for t in tasks) + " | mean F1 |"
+    lines = [head, "|" + "---|" * (2 * len(tasks) + 2)]
+    for v, r in {**report.get("variants", {}), **report.get("probes", {})}.items():
+        lines.append(f"| {v} | " + " | ".join(f"{100 * r[f'{t}/macro_f1']:.1f} | {100 * r[f'{t}/accuracy']:.1f}"
+                                             for t in tasks) + f" | {100 * r['macro_f1']:.1f} |")
+    for name, f1 in FLOOR.items():
+        lines.append(f"| {name} | " + " | ".join(f"{x:.1f} | -" for x in f1) + f" | {sum(f1) / 3:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -262,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-speedup", action="store_true", help="only measure steps/s with vs without cache")
     p.add_argument("--speed-samples", type=int, default=32)
     p.add_argument("--tmp", default="/tmp/sydes_speed")
+    p.add_argument("--markdown", type=Path, default=None, help="only print the table of a report JSON as Markdown")
     args = p.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
 
     if not (args.data / "train" / "train.csv").is_file():
         print(f"SKIP: MSED data not found at {args.data} (set SYDES_MSED_DIR or --data)")
