@@ -32,9 +32,9 @@ def scheme(target: str) -> dict[str, Any]:
     """Quantisation parameters for `target` (recorded in the manifest)."""
     if target == "tensorrt":
         return {"activation_type": "QInt8", "weight_type": "QInt8", "activation_symmetric": True,
-                "per_channel": True, "matmul_const_b_only": False}
+                "per_channel": True, "matmul_const_b_only": False, "float_matmul_outputs": False}
     return {"activation_type": "QUInt8", "weight_type": "QInt8", "activation_symmetric": False,
-            "per_channel": False, "matmul_const_b_only": True}
+            "per_channel": False, "matmul_const_b_only": True, "float_matmul_outputs": True}
 
 
 def convert(ctx: ConvertContext) -> dict[str, Any]:
@@ -54,8 +54,13 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
     cal = calibrate(pre, ctx.calib_reader, ctx.calib_method, ctx.calib_cache, op_types=OP_TYPES)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cal.method]
-    extra = {"ActivationSymmetric": sch["activation_symmetric"], "WeightSymmetric": True,
-             "MatMulConstBOnly": sch["matmul_const_b_only"]}
+    extra: dict[str, Any] = {"ActivationSymmetric": sch["activation_symmetric"], "WeightSymmetric": True,
+                             "MatMulConstBOnly": sch["matmul_const_b_only"]}
+    if sch["float_matmul_outputs"]:
+        # no Q/DQ on MatMul outputs: onnxruntime then runs DQ -> MatMul as MatMulIntegerToFloat (u8 x s8
+        # GEMM with a float result, bias fused) instead of QLinearMatMul followed by a dequantise before
+        # every float op (Add, LayerNorm, GELU). Measured on the edge preset, batch 16: 1.45x FP32 vs 1.08x.
+        extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # quantize_static logs warnings meant for other workflows
