@@ -29,7 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from sdk.results import Result, TaskResult
     from sdk.tokenizer import Tokenizer
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [
+    "Analyzer", "Bundle", "PreprocessConfig", "Result", "TaskResult", "Tokenizer", "__version__",
+    "load_bundle", "load_image", "make_views",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -88,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         results = analyzer.analyze_batch(posts)
         dt = time.perf_counter() - t0
-        for (path, text), row, res in list(zip(posts, rows, results))[: args.show]:
+        for (path, text), row, res in list(zip(posts, rows, results, strict=True))[: args.show]:
             got = {t: r.label for t, r in res.tasks.items()} if res.ok else {"error": res.error}
             print(f"  {path.name:>7}  {text[:60]!r}\n           predicted {got}\n           truth     "
                   f"{{'sentiment': {row['Sentiment']!r}, 'emotion': {row['Emotion']!r}, 'desire': {row['Desire']!r}}}")
         correct = {t: 0 for t in ("sentiment", "emotion", "desire")}
-        for row, res in zip(rows, results):
+        for row, res in zip(rows, results, strict=True):
             for t in correct:
                 correct[t] += bool(res.ok and res.tasks[t].label == row[t.capitalize()])
         acc = ", ".join(f"{t} {100 * c / len(rows):.1f}%" for t, c in correct.items())
