@@ -18,3 +18,15 @@ def msed_dir() -> Path:
     if not (MSED_DIR / "dev" / "dev.csv").is_file():
         pytest.skip(f"MSED data not found at {MSED_DIR} (set SYDES_MSED_DIR)")
     return MSED_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Caches (calibration ranges, raw graphs, converted backbones) go to a per-session folder, never ~/.cache."""
+    old = os.environ.get("SYDES_CACHE_DIR")
+    os.environ["SYDES_CACHE_DIR"] = str(tmp_path_factory.mktemp("sydes-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SYDES_CACHE_DIR", None)
+    else:
+        os.environ["SYDES_CACHE_DIR"] = old
