@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -99,41 +100,56 @@ def run_precisions(args: argparse.Namespace) -> None:
     else:
         print(f"(no data at {data}: generated posts, no macro-F1)")
         eval_posts, calib = generated_posts(args.eval_samples, seed=1), "generated"
-    results = {}
-    for prec in args.precisions.split(","):
+    results: dict[str, dict] = {}
+    sessions, feeds1, feeds16 = {}, {}, {}
+    for label in args.precisions.split(","):
+        # "int8@cpu-dynamic": precision int8 with that target (default --target)
+        prec, _, target = label.partition("@")
+        target = target or args.target
         opts = ExportOptions(precision=prec, calib=calib if prec == "int8" else None, calib_samples=args.calib_samples,
-                             calib_method=args.calib_method, eval_samples=0, overwrite=True, target=args.target,
+                             calib_method=args.calib_method, eval_samples=0, overwrite=True, target=target,
                              cache_dir=str(work / "cache"), fusions=args.fusions)
+        name = prec if not target or target == args.target else f"{prec}-{target}"
         t0 = time.perf_counter()
-        if args.reuse and (work / f"{prec}.sydes" / "manifest.json").is_file():
+        if args.reuse and (work / f"{name}.sydes" / "manifest.json").is_file():
             from types import SimpleNamespace
 
             from sdk.bundle import load_bundle
 
-            rep = SimpleNamespace(bundle=work / f"{prec}.sydes", manifest=load_bundle(work / f"{prec}.sydes").manifest.raw)
+            rep = SimpleNamespace(bundle=work / f"{name}.sydes", manifest=load_bundle(work / f"{name}.sydes").manifest.raw)
         else:
-            rep = export_checkpoints([ck], work / f"{prec}.sydes", opts)
+            rep = export_checkpoints([ck], work / f"{name}.sydes", opts)
         export_s = time.perf_counter() - t0
-        graph = rep.bundle / "model.onnx"
-        sess = session(graph, args.threads)
+        sess = sessions[label] = session(rep.bundle / "model.onnx", args.threads)
         tasks = list(rep.manifest["tasks"])
-        f1 = feeds_for(eval_posts[:1], rep.bundle, 1)[0]
-        f16 = feeds_for(eval_posts[:16], rep.bundle, 16)[0]
-        lat1, lat16 = latency(sess, f1, args.runs), latency(sess, f16, max(2, args.runs // 2))
+        feeds1[label] = feeds_for(eval_posts[:1], rep.bundle, 1)[0]
+        feeds16[label] = feeds_for(eval_posts[:16], rep.bundle, 16)[0]
         probs: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
         for feed in feeds_for(eval_posts, rep.bundle, 16):
             for t, p in zip(tasks, sess.run([f"probs_{t}" for t in tasks], feed), strict=True):
                 probs[t].append(p)
-        results[prec] = {"bytes": rep.manifest["graphs"]["model"]["bytes"], "lat1": lat1, "lat16": lat16,
-                         "probs": {t: np.concatenate(v) for t, v in probs.items()}, "export_s": export_s,
-                         "vs_torch": rep.manifest["validation"]["max_abs_diff"]}
-        print(f"{prec}: exported in {export_s:.0f} s; batch 1 {lat1 * 1e3:.0f} ms, batch 16 {lat16 * 1e3:.0f} ms",
-              flush=True)
+        results[label] = {"bytes": rep.manifest["graphs"]["model"]["bytes"], "lat1": [], "lat16": [],
+                          "probs": {t: np.concatenate(v) for t, v in probs.items()}, "export_s": export_s,
+                          "vs_torch": rep.manifest["validation"]["max_abs_diff"]}
+        print(f"{label}: exported in {export_s:.0f} s", flush=True)
+    # timing: all graphs in rounds, alternating, so load changes hit each alike (medians per graph)
+    for label, sess in sessions.items():  # warm-up
+        sess.run(None, feeds16[label])
+        sess.run(None, feeds1[label])
+    for _ in range(args.runs):
+        for label, sess in sessions.items():
+            for key, feed in (("lat16", feeds16[label]), ("lat1", feeds1[label])):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                results[label][key].append(time.perf_counter() - t0)
+    for r in results.values():
+        r["lat1"], r["lat16"] = statistics.median(r["lat1"]), statistics.median(r["lat16"])
     labels = label_indices(eval_posts, {t: rep.manifest["tasks"][t] for t in tasks}) if have_data else None
     base = results.get("fp32")
     print(f"\ncheckpoint {ck}; {len(eval_posts)} eval posts ({args.split}); ORT CPU, {args.threads} threads; "
-          f"INT8 target {args.target}, calibration {args.calib_method} x {args.calib_samples}")
-    head = (f"{'precision':<9} {'size MB':>8} {'b1 ms':>7} {'b16 ms':>7} {'b16 post/s':>10} {'x fp32':>6}  "
+          f"INT8 target {args.target}, calibration {args.calib_method} x {args.calib_samples}; medians of {args.runs} "
+          f"alternating runs; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    head = (f"{'precision':<17} {'size MB':>8} {'b1 ms':>7} {'b16 ms':>7} {'ms/post':>7} {'x fp32':>6}  "
             + "  ".join(f"{t[:4]} F1/agree" for t in tasks) + "  max|dp| vs torch")
     print(head)
     print("-" * len(head))
@@ -144,9 +160,10 @@ def run_precisions(args: argparse.Namespace) -> None:
             f1 = macro_f1(labels[t], r["probs"][t].argmax(-1), len(rep.manifest["tasks"][t])) if labels else float("nan")
             agree = float(np.mean(r["probs"][t].argmax(-1) == base["probs"][t].argmax(-1))) if base else float("nan")
             cells.append(f"{f1:.3f}/{agree:.3f}".rjust(14))
-        print(f"{prec:<9} {r['bytes'] / 1e6:>8.1f} {r['lat1'] * 1e3:>7.0f} {r['lat16'] * 1e3:>7.0f} "
-              f"{16 / r['lat16']:>10.1f} {speed:>6.2f}  " + "  ".join(cells)
-              + f"  {max(r['vs_torch'].values()):.1e}")
+        dp = max(float(np.abs(r["probs"][t] - base["probs"][t]).max()) for t in tasks) if base else float("nan")
+        print(f"{prec:<17} {r['bytes'] / 1e6:>8.1f} {r['lat1'] * 1e3:>7.0f} {r['lat16'] * 1e3:>7.0f} "
+              f"{r['lat16'] * 1e3 / 16:>7.0f} {speed:>6.2f}  " + "  ".join(cells)
+              + f"  {max(r['vs_torch'].values()):.1e}  max|dp| vs fp32 {dp:.3f}")
     print(f"\nbundles in {work}")
 
 
@@ -190,12 +207,13 @@ def main() -> None:
     p.add_argument("--preset", default="edge", help="preset for the random checkpoint (default edge)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="MSED-layout folder (default ../shared/data/msed-mini)")
     p.add_argument("--split", default="dev", help="evaluation split (default dev)")
-    p.add_argument("--precisions", default="fp32,fp16,int8")
-    p.add_argument("--target", default="cpu", help="INT8 scheme: cpu or tensorrt")
+    p.add_argument("--precisions", default="fp32,fp16,int8",
+                   help="comma list; PREC@TARGET picks an INT8 target per entry, e.g. fp32,int8,int8@cpu-dynamic")
+    p.add_argument("--target", default="cpu", help="INT8 scheme: cpu, cpu-dynamic or tensorrt")
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--calib-method", default="percentile")
     p.add_argument("--eval-samples", type=int, default=256)
-    p.add_argument("--runs", type=int, default=5, help="timed runs per latency (median)")
+    p.add_argument("--runs", type=int, default=5, help="timed alternating rounds per latency (median)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fusions", action="store_true", help="onnxruntime-only contrib fusions")
     p.add_argument("--shared", action="store_true", help="shared-encoder comparison instead")

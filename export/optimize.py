@@ -6,7 +6,9 @@ Two routes:
   runtimes cannot load them. `transformer_fusions()` reports what would fuse; export applies them only
   with `--fusions` and `--target cpu`, and only when they verify. On SyDES graphs only BiasGelu / Gelu
   fuse (measured on the edge preset: 26 BiasGelu + 1 Gelu), and onnxruntime applies those same fusions
-  itself when it loads a graph, so the default keeps the portable graph.
+  itself when it loads an FP32 / FP16 graph, so the default keeps the portable graph. INT8 for the cpu
+  targets fuses first (export.formats.int8): in a quantised graph onnxruntime's own Gelu fusion no longer
+  matches (its MatMulIntegerToFloat takes the bias Add); fusing first cut the edge INT8 time by ~40%.
 - onnxruntime's offline optimisation at the BASIC level (constant folding, redundant-node elimination,
   cast / identity removal): only standard ops, so the result runs on every backend. This is the default.
 """

@@ -13,7 +13,9 @@ from sdk.errors import ConfigError
 
 _MODULES = {"fp32": "export.formats.fp32", "fp16": "export.formats.fp16", "int8": "export.formats.int8"}
 PRECISIONS = tuple(_MODULES)
-TARGETS = ("cpu", "tensorrt")
+# cpu: onnxruntime CPU, static INT8 (QDQ, contrib fusions); cpu-dynamic: onnxruntime CPU, dynamic INT8;
+# tensorrt: portable QDQ (standard ops only). Only INT8 differs between them.
+TARGETS = ("cpu", "cpu-dynamic", "tensorrt")
 
 
 @dataclass

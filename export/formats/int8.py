@@ -1,12 +1,20 @@
-"""INT8: static QDQ quantisation of MatMul / Gemm / Conv from calibrated activation ranges.
+"""INT8: quantisation of the MatMul / Gemm / Conv weights (and activations) of the optimised graph.
 
 Per target:
-- cpu (default): activations QUInt8 (asymmetric), weights QInt8 per tensor. On x86 with VNNI,
-  onnxruntime's fast integer GEMM is u8 activations x s8 weights (measured here: 1,714 GOP/s vs 542 for
-  u8 x u8 and 449 GFLOP/s FP32); asymmetric u8 also uses the full range for post-GELU / post-softmax
-  activations that are mostly positive.
-- tensorrt: activations QInt8 symmetric (zero point 0: what TensorRT's explicit quantisation accepts),
-  weights QInt8 symmetric per output channel (TensorRT's recommended weight scheme); the attention
+- cpu (default): onnxruntime's transformer fusions first (BiasGelu / Gelu: contrib ops, so the file is
+  for onnxruntime only), then static QDQ: activations QUInt8 (asymmetric) from calibrated ranges,
+  weights QInt8 symmetric per output channel, MatMul outputs left in float. Fusing first matters: in a
+  QDQ graph onnxruntime turns DQ -> MatMul -> Add into MatMulIntegerToFloat and its own Gelu fusion
+  then no longer matches, so every GELU ran as Div / Erf / Add / Mul (measured on the edge preset,
+  batch 16, 2 threads: unfused 1.29x FP32, fused 2.13x, in one run; see benchmarks/export_precision.py).
+  On x86 with VNNI the fast integer GEMM is u8 activations x s8 weights (1,714 GOP/s vs 542 for
+  u8 x u8 and 449 GFLOP/s FP32); asymmetric u8 also uses the full range for mostly positive activations.
+- cpu-dynamic: the same fusions, then dynamic quantisation (weights QInt8 per output channel, each
+  activation quantised to u8 at run time: DynamicQuantizeLinear + MatMulInteger, which onnxruntime
+  runs as DynamicQuantizeMatMul). No ranges to calibrate (the calibration posts still feed the
+  held-out agreement / macro-F1 report); fastest on onnxruntime CPU (edge preset, same run: 2.5x FP32).
+- tensorrt: portable static QDQ (no contrib ops): activations QInt8 symmetric (zero point 0: what
+  TensorRT's explicit quantisation accepts), weights QInt8 symmetric per output channel; the attention
   products are quantised too (TensorRT fuses INT8 attention on recent GPUs).
 LayerNorm, Softmax, GELU and the pooling stay in float: only the compute-heavy linear ops are quantised.
 The graph is pre-processed with quant_pre_process(skip_symbolic_shape=True) first (symbolic shape
@@ -16,6 +24,7 @@ inference fails on the dynamic text length).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from export.errors import ExportError
@@ -24,21 +33,67 @@ from export.formats import ConvertContext
 log = logging.getLogger(__name__)
 
 NAME = "int8"
-DESCRIPTION = "static INT8 QDQ (MatMul/Gemm/Conv) from calibrated activation ranges"
+DESCRIPTION = "INT8 MatMul/Gemm/Conv: static QDQ from calibrated ranges (cpu, tensorrt) or dynamic (cpu-dynamic)"
 OP_TYPES = ("MatMul", "Gemm", "Conv")
+# fused graph vs unfused on one calibration batch: the fusions are exact up to float rounding
+FUSION_TOLERANCE = 1e-4
 
 
 def scheme(target: str) -> dict[str, Any]:
     """Quantisation parameters for `target` (recorded in the manifest)."""
     if target == "tensorrt":
-        return {"activation_type": "QInt8", "weight_type": "QInt8", "activation_symmetric": True,
-                "per_channel": True, "matmul_const_b_only": False, "float_matmul_outputs": False}
-    return {"activation_type": "QUInt8", "weight_type": "QInt8", "activation_symmetric": False,
-            "per_channel": False, "matmul_const_b_only": True, "float_matmul_outputs": True}
+        return {"mode": "static", "activation_type": "QInt8", "weight_type": "QInt8",
+                "activation_symmetric": True, "per_channel": True, "matmul_const_b_only": False,
+                "float_matmul_outputs": False, "fuse_first": False}
+    if target == "cpu-dynamic":
+        return {"mode": "dynamic", "activation_type": "QUInt8", "weight_type": "QInt8",
+                "activation_symmetric": False, "per_channel": True, "matmul_const_b_only": True,
+                "float_matmul_outputs": True, "fuse_first": True}
+    return {"mode": "static", "activation_type": "QUInt8", "weight_type": "QInt8", "activation_symmetric": False,
+            "per_channel": True, "matmul_const_b_only": True, "float_matmul_outputs": True, "fuse_first": True}
+
+
+def _run(path: Path, feed: dict[str, Any]) -> list[Any]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def _fuse(ctx: ConvertContext) -> tuple[Path, dict[str, int]]:
+    """onnxruntime.transformers' fusions on ctx.src when they apply and keep the outputs; else ctx.src."""
+    import numpy as np
+
+    from export.optimize import transformer_fusions
+
+    fused_path = ctx.work_dir / "int8_fused.onnx"
+    fused = transformer_fusions(ctx.src, fused_path)
+    if not fused or not fused_path.is_file():
+        return ctx.src, {}
+    feeds = ctx.calib_reader.batches() if hasattr(ctx.calib_reader, "batches") else []
+    feed = next(iter(feeds), None)
+    if feed is not None:
+        try:
+            diff = max(float(np.max(np.abs(a - b))) for a, b in zip(_run(ctx.src, feed), _run(fused_path, feed),
+                                                                     strict=True))
+        except Exception as e:  # a fused graph that does not run is not used
+            log.warning("fused graph failed to run (%s): quantising the unfused graph", e)
+            return ctx.src, {}
+        if diff > FUSION_TOLERANCE:
+            log.warning("transformer fusions changed the outputs (max |dp| %.2e): quantising the unfused graph", diff)
+            return ctx.src, {}
+    return fused_path, fused
 
 
 def convert(ctx: ConvertContext) -> dict[str, Any]:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from calibration.methods import calibrate
@@ -46,11 +101,31 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
     if ctx.calib_reader is None:
         raise ExportError("INT8 export needs calibration data (--calib DATA)")
     sch = {**scheme(ctx.target), **{k: v for k, v in ctx.options.items() if k in scheme("cpu")}}
+    src, fusions = _fuse(ctx) if sch["fuse_first"] else (ctx.src, {})
     pre = ctx.work_dir / "int8_pre.onnx"
     try:
-        quant_pre_process(str(ctx.src), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     except Exception as e:
         raise ExportError(f"quant_pre_process failed: {type(e).__name__}: {e}") from e
+    done = {"scheme": {**sch, "target": ctx.target, "format": "QDQ" if sch["mode"] == "static" else "MatMulInteger",
+                       "op_types": list(OP_TYPES), "fusions": fusions}}
+    root = logging.getLogger()
+    level = root.level
+    if sch["mode"] == "dynamic":
+        root.setLevel(max(level, logging.ERROR))
+        try:
+            # Conv stays float: dynamic ConvInteger is slow on onnxruntime CPU (the patch embedding is
+            # one Conv, a small share of the FLOPs)
+            quantize_dynamic(str(pre), str(ctx.dst), op_types_to_quantize=["MatMul", "Gemm"],
+                             per_channel=sch["per_channel"], reduce_range=False,
+                             weight_type=getattr(QuantType, sch["weight_type"]),
+                             extra_options={"MatMulConstBOnly": sch["matmul_const_b_only"]})
+        except Exception as e:
+            raise ExportError(f"quantize_dynamic failed: {type(e).__name__}: {e}") from e
+        finally:
+            root.setLevel(level)
+        done["scheme"]["op_types"] = ["MatMul", "Gemm"]
+        return done
     cal = calibrate(pre, ctx.calib_reader, ctx.calib_method, ctx.calib_cache, op_types=OP_TYPES)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cal.method]
@@ -61,8 +136,6 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
         # GEMM with a float result, bias fused) instead of QLinearMatMul followed by a dequantise before
         # every float op (Add, LayerNorm, GELU). Measured on the edge preset, batch 16: 1.45x FP32 vs 1.08x.
         extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
-    root = logging.getLogger()
-    level = root.level
     root.setLevel(max(level, logging.ERROR))  # quantize_static logs warnings meant for other workflows
     try:
         quantize_static(str(pre), str(ctx.dst), calibration_data_reader=None,
@@ -75,6 +148,5 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
         raise ExportError(f"quantize_static failed: {type(e).__name__}: {e}") from e
     finally:
         root.setLevel(level)
-    return {"scheme": {**sch, "target": ctx.target, "format": "QDQ", "op_types": list(OP_TYPES)},
-            "calibration": {"method": cal.method, "samples": cal.samples, "cache_key": cal.key,
-                            "cache_hit": cal.hit, "seconds": round(cal.seconds, 2)}}
+    return {**done, "calibration": {"method": cal.method, "samples": cal.samples, "cache_key": cal.key,
+                                    "cache_hit": cal.hit, "seconds": round(cal.seconds, 2)}}
