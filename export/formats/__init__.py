@@ -15,7 +15,7 @@ _MODULES = {"fp32": "export.formats.fp32", "fp16": "export.formats.fp16", "int8"
 PRECISIONS = tuple(_MODULES)
 # cpu: onnxruntime CPU, static INT8 (QDQ, contrib fusions); cpu-dynamic: onnxruntime CPU, dynamic INT8;
 # tensorrt: portable QDQ (standard ops only). Only INT8 differs between them.
-TARGETS = ("cpu", "cpu-dynamic", "tensorrt")
+TARGETS = ("cpu", "tensorrt", "cpu-dynamic")
 
 
 @dataclass
