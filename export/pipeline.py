@@ -31,6 +31,7 @@ import numpy as np
 
 from export.errors import ExportError, ExportValidationError
 from export.formats import ConvertContext, check_target, get_precision
+from sdk.bundle import sha256_file
 from sdk.errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger("export")
@@ -97,12 +98,6 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
-
-
-def _sha256(path: Path) -> str:
-    from sdk.bundle import sha256_file
-
-    return sha256_file(path)
 
 
 def _tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -401,7 +396,7 @@ def checkpoint_record(path: Path) -> dict[str, Any]:
     for key, fname in (("sha256", "model.safetensors"), ("config_sha256", "config.json")):
         f = path / fname
         if f.is_file():
-            rec[key] = _sha256(f)
+            rec[key] = sha256_file(f)
     return rec
 
 
@@ -441,7 +436,7 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
     tok = paths[0] / "tokenizer.json"
     for p in paths[1:]:
         other = p / "tokenizer.json"
-        if other.is_file() and tok.is_file() and _sha256(other) != _sha256(tok):
+        if other.is_file() and tok.is_file() and sha256_file(other) != sha256_file(tok):
             raise ExportError(f"{p} has a different tokenizer.json than {paths[0]}: one bundle has one tokenizer")
     return export_models(models, output, opts, tokenizer_file=tok,
                          checkpoints=[checkpoint_record(p) for p in paths])

@@ -220,6 +220,17 @@ class _Replay(torch.nn.Module):
         return self.feats.flatten(0, 1).to(views.dtype if views.is_floating_point() else self.feats.dtype)
 
 
+
+@contextlib.contextmanager
+def _swapped(model: torch.nn.Module, name: str, stand_in: torch.nn.Module) -> Iterator[None]:
+    """Within the block, submodule `name` of `model` is `stand_in` (the original is put back on exit)."""
+    original = model._modules[name]
+    model._modules[name] = stand_in
+    try:
+        yield
+    finally:
+        model._modules[name] = original
+
 @contextlib.contextmanager
 def replay_encoder(model: torch.nn.Module, feats: torch.Tensor) -> Iterator[None]:
     """Within the block, `model.image_encoder(views)` returns `feats` [B, 5, T, D] (flattened to [B*5, T, D]).
@@ -227,12 +238,8 @@ def replay_encoder(model: torch.nn.Module, feats: torch.Tensor) -> Iterator[None
     The model computes everything after the encoder (ln1_post, decoder, pooling, heads, latents) as usual,
     so the logits are those of the uncached path. Swapping the submodule keeps training.model untouched.
     """
-    enc = model._modules["image_encoder"]
-    model._modules["image_encoder"] = _Replay(feats)
-    try:
+    with _swapped(model, "image_encoder", _Replay(feats)):
         yield
-    finally:
-        model._modules["image_encoder"] = enc
 
 
 # ---- frozen text encoder (report recipe): its outputs computed once, in memory -------------------------
@@ -305,12 +312,8 @@ class _TextReplay(torch.nn.Module):
 @contextlib.contextmanager
 def replay_text_encoder(model: torch.nn.Module, hidden: torch.Tensor) -> Iterator[None]:
     """Within the block, `model.text_encoder(ids, mask)` returns `hidden` [B, L, Dt]."""
-    enc = model._modules["text_encoder"]
-    model._modules["text_encoder"] = _TextReplay(hidden)
-    try:
+    with _swapped(model, "text_encoder", _TextReplay(hidden)):
         yield
-    finally:
-        model._modules["text_encoder"] = enc
 
 
 class _GlobalReplay(torch.nn.Module):
@@ -335,9 +338,5 @@ class _GlobalReplay(torch.nn.Module):
 def replay_global_view(model: torch.nn.Module, global_feats: torch.Tensor) -> Iterator[None]:
     """Within the block, the image encoder's plain call returns `global_feats` [B, T, D] (view 0 of the cache);
     the masked tile passes of MIM pretraining still run the real (frozen) encoder."""
-    enc = model._modules["image_encoder"]
-    model._modules["image_encoder"] = _GlobalReplay(enc, global_feats)
-    try:
+    with _swapped(model, "image_encoder", _GlobalReplay(model._modules["image_encoder"], global_feats)):
         yield
-    finally:
-        model._modules["image_encoder"] = enc

