@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError, ExportValidationError
-from export.formats import ConvertContext, check_target, get_precision
+from export.formats import TARGET_OPSET, ConvertContext, check_target, get_precision
 from sdk.bundle import sha256_file
 from sdk.errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger("export")
 
 FORMATS = ("onnx", "tensorrt")
-DEFAULT_OPSET = 18
 FP32_TOLERANCE = 1e-4
 
 
@@ -46,7 +45,7 @@ class ExportOptions:
     precision: str = "fp32"
     target: str = "cpu"            # cpu | tensorrt: picks the INT8 scheme and whether contrib fusions apply
     format: str = "onnx"           # onnx | tensorrt (also build an engine on this machine's GPU)
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None       # None: the target's opset (export.formats.TARGET_OPSET)
     calib: str | None = None       # data for calibration / the held-out report ("generated": synthetic)
     calib_split: str = "train"
     calib_samples: int = 256
@@ -145,8 +144,11 @@ def check_options(opts: ExportOptions) -> ExportOptions:
     opts.calib_method = check_method(opts.calib_method)
     if opts.calib_samples <= 0:
         raise ConfigError(f"--calib-samples must be positive, got {opts.calib_samples}")
+    if opts.opset is None:
+        opts.opset = TARGET_OPSET[opts.target]
     if not 13 <= opts.opset <= 23:
-        raise ConfigError(f"--opset {opts.opset} is outside the supported range 13..23 (default {DEFAULT_OPSET})")
+        raise ConfigError(f"--opset {opts.opset} is outside the supported range 13..23 (default for target "
+                          f"{opts.target!r}: {TARGET_OPSET[opts.target]})")
     if opts.precision == "int8" and not opts.calib:
         raise ConfigError("INT8 export needs calibration data: --calib DATA (an MSED folder, a JSONL/CSV "
                           "of posts, or a folder of images; 'generated' uses synthetic posts)")

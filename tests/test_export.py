@@ -58,7 +58,12 @@ def test_fp32_bundle_matches_torch(fp32_bundle, work) -> None:
     assert m.graph.input("input_ids").shape == ("batch", "seq")
     assert [t.name for t in m.graph.outputs] == ["probs_sentiment", "probs_emotion", "probs_desire"]
     prov = m.provenance
-    assert prov["checkpoints"][0]["sha256"] and prov["opset"] == 18 and prov["packages"]["onnxruntime"]
+    assert prov["checkpoints"][0]["sha256"] and prov["opset"] == 23 and prov["packages"]["onnxruntime"]
+    import onnx
+
+    # cpu target, opset 23: every attention (vision, text, both decoder blocks) is one Attention op
+    ops = [n.op_type for n in onnx.load(str(b.path / "model.onnx")).graph.node]
+    assert ops.count("Attention") == 8
     assert prov["calibration"] is None and m.calibration_report is None
     assert (b.path / "engines").is_dir() and m.tokenizer.trim_padding
 
@@ -121,6 +126,8 @@ def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
     trt = export_checkpoints([work["ck"]], work["root"] / "int8t.sydes", _opts(work, target="tensorrt", **kw))
     sch = trt.manifest["provenance"]["precision_details"]["scheme"]
     assert sch["activation_type"] == "QInt8" and sch["activation_symmetric"] and sch["per_channel"]
+    assert trt.manifest["provenance"]["opset"] == 18  # the tensorrt target's default
+    assert "Attention" not in {n.op_type for n in onnx.load(str(trt.bundle / "model.onnx")).graph.node}
 
 
 def test_tampered_bundle_is_refused(fp32_bundle, work) -> None:
@@ -192,8 +199,10 @@ def test_option_errors(work, tmp_path) -> None:
         check_options(ExportOptions(format="engine"))
     with pytest.raises(ConfigError, match="INT8 export needs calibration data"):
         check_options(ExportOptions(precision="int8"))
-    with pytest.raises(ConfigError, match="opset 9 is outside"):
+    with pytest.raises(ConfigError, match="opset 9 is outside the supported range 13..23 .default for target 'cpu': 23"):
         check_options(ExportOptions(opset=9))
+    assert check_options(ExportOptions(target="tensorrt")).opset == 18
+    assert check_options(ExportOptions(target="cpu", opset=17)).opset == 17  # an explicit opset is kept
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:

@@ -6,8 +6,8 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from export.formats import PRECISIONS, TARGETS
-    from export.pipeline import DEFAULT_OPSET, FORMATS
+    from export.formats import PRECISIONS, TARGET_OPSET, TARGETS
+    from export.pipeline import FORMATS
 
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="checkpoint folder(s); several single-task ones sharing an image encoder make one "
@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-samples", type=int, default=128, metavar="N",
                    help="held-out posts for the FP32-agreement / macro-F1 report (0: skip; default 128)")
     p.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/sydes/calibration)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default per target: " + ", ".join(f"{t} {o}" for t, o in TARGET_OPSET.items())
+                        + "; 23 writes attention as one Attention op)")
     p.add_argument("--name", help="bundle name in the manifest (default: the output folder's stem)")
     p.add_argument("--fusions", action="store_true",
                    help="--target cpu only: apply onnxruntime.transformers' contrib-op fusions (BiasGelu, "

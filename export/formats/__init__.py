@@ -16,6 +16,12 @@ PRECISIONS = tuple(_MODULES)
 # cpu: onnxruntime CPU, static INT8 (QDQ, contrib fusions); cpu-dynamic: onnxruntime CPU, dynamic INT8;
 # tensorrt: portable QDQ (standard ops only). Only INT8 differs between them.
 TARGETS = ("cpu", "tensorrt", "cpu-dynamic")
+# The ONNX opset each target exports at unless --opset says otherwise. At opset 23 the exporter writes every
+# scaled_dot_product_attention as one standard `Attention` op, which onnxruntime's CPU kernel runs ~2.7x
+# faster than the opset-18 decomposition (MatMul, Softmax, IsNaN/Where, Transpose; ViT-B attention
+# [20, 12, 197, 64], 2 threads, benchmarks/export_precision.py). TensorRT keeps 18: its ONNX parser's
+# opset-23 Attention support depends on the TensorRT release, and the decomposed form fuses there anyway.
+TARGET_OPSET = {"cpu": 23, "cpu-dynamic": 23, "tensorrt": 18}
 
 
 @dataclass
