@@ -211,3 +211,33 @@ def test_cache_option_errors():
     with pytest.raises(ConfigError, match="image_encoder learning rate of 0"):
         TrainOptions(stage="pretrain", feature_cache="/tmp/x").validate()
     TrainOptions(stage="pretrain", feature_cache="/tmp/x", lrs={"image_encoder": 0.0}).validate()
+
+
+@pytest.mark.parametrize("which", ["global", "none"])
+def test_reduced_ablation_memories_are_exact(which):
+    """The report's global-only / text-only ablations run on 1-view memories; they must give the logits and
+    latents of the 5-view memories they stand for (tiles = copies of the global view; all zeros)."""
+    from training.feature_cache import global_view_only, no_image_features, replay_encoder
+    from training.model import SyDES
+    from training.presets import tiny_clip
+
+    torch.manual_seed(0)
+    model = SyDES(tiny_clip()).eval()
+    b, s = 2, model.config.preprocess["global_size"]
+    with torch.no_grad():
+        f = model.image_encoder(torch.randn(b * 5, 3, s, s)).reshape(b, 5, -1, model.ln1_post.normalized_shape[0])
+    full = f[:, :1].expand_as(f).clone() if which == "global" else torch.zeros_like(f)
+    short = torch.stack([(global_view_only if which == "global" else no_image_features)(x) for x in f])
+    assert short.shape[1] == 1 and short.shape[2] == (f.shape[2] if which == "global" else 2)
+    ids = torch.randint(1, 400, (b, 9))
+    ids[:, -1] = 49407
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    views = {"global_view": torch.zeros(b, 3, 1, 1), "tiles": torch.zeros(b, 4, 3, 1, 1)}
+    outs = []
+    for feats in (full, short):
+        with torch.no_grad(), replay_encoder(model, feats):
+            outs.append(model.forward_train(ids, mask, stage="finetune", **views))
+    for t in outs[0]["logits"]:
+        torch.testing.assert_close(outs[1]["logits"][t], outs[0]["logits"][t], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1]["img_latents"], outs[0]["img_latents"], atol=1e-6, rtol=1e-6)

@@ -209,6 +209,20 @@ class CachedFeatureDataset:
         return item
 
 
+# ---- ablations on cached features (CachedFeatureDataset.transform): exact and cheaper ---------------------
+def global_view_only(f: torch.Tensor) -> torch.Tensor:
+    """[5, 1+P, D] -> [1, 1+P, D]: the global view alone. The decoder output equals that of a 5-view memory
+    whose tiles are copies of the global view (every key / value appears 5 times, which leaves each softmax-
+    weighted average unchanged), at a fifth of the decoder's cost."""
+    return f[:1].clone()
+
+
+def no_image_features(f: torch.Tensor) -> torch.Tensor:
+    """[5, 1+P, D] -> [1, 2, D] of zeros (a CLS and one token). Equals the all-zero 5-view memory: its keys
+    and values are all identical, so attention returns that one value, whatever the number of tokens."""
+    return f.new_zeros((1, 2, f.shape[-1]))
+
+
 class _Replay(torch.nn.Module):
     """Stands in for the image encoder: returns the cached outputs [B*5, T, D] whatever views it gets."""
 

@@ -123,7 +123,8 @@ class SyDES(nn.Module):
         views = torch.cat([global_view.unsqueeze(1), tiles], dim=1)  # [B, 5, 3, S, S]
         views = views.reshape(b * 5, *views.shape[2:])  # one [B*5] pass through the shared encoder
         hidden = self.ln1_post(self.image_encoder(views))  # [B*5, 1+P, Dv]
-        return hidden.reshape(b, 5, hidden.shape[1], hidden.shape[2])
+        # -1, not 5: a feature-cache replay may stand in with fewer views (exact ablations, training/feature_cache)
+        return hidden.reshape(b, -1, hidden.shape[1], hidden.shape[2])
 
     def encode_image(self, global_view: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
         """-> decoder memory [B, 5P, Dv]: patch tokens of the global view, then of tiles TL, TR, BL, BR."""
@@ -264,7 +265,8 @@ class SyDES(nn.Module):
             filled = torch.cat([vis, self.image_decoder.mask_token_img.expand(b * 4, p - vis.shape[1], -1)], dim=1)
             full_tiles = torch.gather(filled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # [B*4, P, Dv]
             kpm = torch.cat([torch.zeros(b, p, dtype=torch.bool, device=g.device), masks.bool().view(b, -1)], 1)
-            global_cls, global_tokens = hidden_g[:, 0], hidden_g[:, 1:]
+            global_cls = hidden_g[:, 0]
+            memory = torch.cat([hidden_g[:, 1:], full_tiles.reshape(b, -1, d)], dim=1)  # [B, 5P, Dv]
             # image decoder: per-head gated mix of text-derived and image keys/values
             txt = self.text_kv_ln(self.text_kv_proj(text_tokens)).repeat_interleave(4, dim=0)  # [B*4, L-1, Di]
             img = self.img_kv_ln(self.img_kv_proj(full_tiles))  # [B*4, P, Di]
@@ -275,12 +277,11 @@ class SyDES(nn.Module):
             out.update(recon_pred=pred, recon_mask=masks, dec_latents=self.aggregator(align.view(b, 4, -1)))
         else:
             hidden = self.encode_views(g, t)  # [B, 5, 1+P, Dv]
-            global_cls, global_tokens = hidden[:, 0, 0], hidden[:, 0, 1:]
-            full_tiles = hidden[:, 1:, 1:].reshape(b * 4, -1, hidden.shape[-1])
+            global_cls = hidden[:, 0, 0]
+            memory = hidden[:, :, 1:].reshape(b, -1, hidden.shape[-1])  # [B, 5P, Dv], global view first
         out["img_latents"] = self.img_to_latents(global_cls)
         out["text_latents"] = self.text_to_latents(text_cls)
         if need_logits:
-            memory = torch.cat([global_tokens, full_tiles.reshape(b, -1, full_tiles.shape[-1])], dim=1)
             out["logits"] = self.heads(self.pool(self.decode(memory, text_tokens, kpm), mask))
         return out
 
