@@ -67,6 +67,8 @@ def test_analyze_result_shape_and_info(az: Analyzer, bundle: Path) -> None:
     assert info.backend == "onnxruntime" and info.device == "cpu" and info.providers == ["CPUExecutionProvider"]
     assert info.bundle == "fake" and info.precision == "fp32" and info.tasks["sentiment"][0] == "negative"
     assert "onnxruntime" in repr(az)
+    # the text axis varies per batch: no per-shape memory patterns piling up for the session's life
+    assert az.backend.session.get_session_options().enable_mem_pattern is False
 
 
 def test_results_depend_on_image_and_text(az: Analyzer) -> None:

@@ -126,6 +126,10 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = int(self.threads or physical_cores())
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        # The text axis changes with nearly every batch (padding is trimmed to the longest caption) and
+        # onnxruntime plans one memory pattern per input shape, kept for the session's life: measured on
+        # the edge INT8 bundle, batch 16 over 6 text lengths, peak RSS 1,439 MB with patterns, 900 without.
+        so.enable_mem_pattern = False
         if not self.options.get("spin", True):
             # Lets decode threads have the cores between model calls (streaming on small CPUs).
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
