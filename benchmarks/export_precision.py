@@ -153,7 +153,7 @@ def run_precisions(args: argparse.Namespace) -> None:
             + "  ".join(f"{t[:4]} F1/agree" for t in tasks) + "  max|dp| vs torch")
     print(head)
     print("-" * len(head))
-    for prec, r in results.items():
+    for label, r in results.items():
         speed = base["lat16"] / r["lat16"] if base else float("nan")
         cells = []
         for t in tasks:
@@ -161,7 +161,7 @@ def run_precisions(args: argparse.Namespace) -> None:
             agree = float(np.mean(r["probs"][t].argmax(-1) == base["probs"][t].argmax(-1))) if base else float("nan")
             cells.append(f"{f1:.3f}/{agree:.3f}".rjust(14))
         dp = max(float(np.abs(r["probs"][t] - base["probs"][t]).max()) for t in tasks) if base else float("nan")
-        print(f"{prec:<17} {r['bytes'] / 1e6:>8.1f} {r['lat1'] * 1e3:>7.0f} {r['lat16'] * 1e3:>7.0f} "
+        print(f"{label:<17} {r['bytes'] / 1e6:>8.1f} {r['lat1'] * 1e3:>7.0f} {r['lat16'] * 1e3:>7.0f} "
               f"{r['lat16'] * 1e3 / 16:>7.0f} {speed:>6.2f}  " + "  ".join(cells)
               + f"  {max(r['vs_torch'].values()):.1e}  max|dp| vs fp32 {dp:.3f}")
     print(f"\nbundles in {work}")

@@ -13,7 +13,8 @@ Variants (all fine-tunes keep the image encoder frozen, so its outputs are cache
 Model selection is by dev macro-F1 on the same dev split (msed-mini has no test split): the figures are
 therefore optimistic, and comparable between variants.
 
-    python benchmarks/msed_report.py --out runs/msed_report.json               # full data (hours on 2 cores)
+    python benchmarks/msed_report.py --epochs 3 --batch-size 16 --out runs/msed_report_full.json \
+        --runs runs/msed_report_full                                           # full data (~50 min warm cache)
     python benchmarks/msed_report.py --train-subset 256 --dev-subset 200 --epochs 2 --batch-size 8 \\
         --variants mixed,text-only,global-only,image-only,mim+mixed --out runs/msed_report.json  # CPU budget run
     python benchmarks/msed_report.py --limit 12 --train-subset 8 --dev-subset 6 --epochs 1 --out /tmp/r.json

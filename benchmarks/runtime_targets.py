@@ -199,9 +199,8 @@ def part_ceiling(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[s
 
     r = measure(repeats=max(5, args.repeats))
     r["load"] = load()
-    for key, what, target in (("int8_over_torch", "INT8 u8s8", "6x target"),
-                              ("ort_fp32_over_torch", "onnxruntime FP32", "2x target")):
-        base = "ort_int8" if key == "int8_over_torch" else "ort_fp32"
+    for key, base, what, target in (("int8_over_torch", "ort_int8", "INT8 u8s8", "6x target"),
+                                    ("ort_fp32_over_torch", "ort_fp32", "onnxruntime FP32", "2x target")):
         premise = DESIGN_GOPS[base] / DESIGN_GOPS["torch_fp32"]
         rows.append(_row(f"GEMM ceiling: {what} vs torch FP32", f"{r[base]:.0f} GOP/s",
                          f"{r['torch_fp32']:.0f} GFLOP/s", r[key], f"premise of {target}: {premise:.1f}x", None,

@@ -224,7 +224,8 @@ def no_image_features(f: torch.Tensor) -> torch.Tensor:
 
 
 class _Replay(torch.nn.Module):
-    """Stands in for the image encoder: returns the cached outputs [B*5, T, D] whatever views it gets."""
+    """Stands in for the image encoder: returns the cached outputs [B*V, T, D] whatever views it gets (V = 5,
+    or 1 for the reduced ablation memories above)."""
 
     def __init__(self, feats: torch.Tensor) -> None:
         super().__init__()
@@ -232,7 +233,6 @@ class _Replay(torch.nn.Module):
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.feats.flatten(0, 1).to(views.dtype if views.is_floating_point() else self.feats.dtype)
-
 
 
 @contextlib.contextmanager
