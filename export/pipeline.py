@@ -319,6 +319,9 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
                 "calibration_report": calib_report,
                 "engines": "engines/",
             }
+            structure = _label_structure(models, graph.labels)
+            if structure is not None:
+                manifest["label_structure"] = structure
             write_manifest(folder, json.loads(json.dumps(manifest)))  # plain JSON types only
             if opts.check_analyzer:
                 validation["analyzer"] = _check_with_analyzer(
@@ -390,6 +393,18 @@ def _check_with_analyzer(folder: Path, graph: Any, pcfg: Any, tokenizer: Any, to
             f"{', '.join(f'{t}: {d:.3e}' for t, d in diff.items())} exceeds {tolerance:g}",
             {"max_abs_diff": diff, "tolerance": tolerance})
     return {"backend": backend, "max_abs_diff": diff}
+
+
+def _label_structure(models: Sequence[Any], labels: dict[str, Any]) -> dict[str, Any] | None:
+    """The one label-structure table of the model(s) (sdk.labels), when they carry one and agree."""
+    tables = [m.config.label_structure for m in models if getattr(m.config, "label_structure", None)]
+    if not tables:
+        return None
+    if any(t != tables[0] for t in tables[1:]):
+        raise ExportError("checkpoints exported together carry different label-structure tables")
+    from sdk.labels import structure_or_none
+
+    return tables[0] if structure_or_none(tables[0], labels) is not None else None
 
 
 def checkpoint_record(path: Path) -> dict[str, Any]:

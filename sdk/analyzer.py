@@ -46,6 +46,7 @@ class AnalyzerInfo:
     max_batch_size: int
     trim_padding: bool
     fast_decode: bool
+    decoding: str = "independent"  # "independent" | "joint" | "joint+prior" (sdk.labels)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +71,7 @@ class Analyzer:
                  providers: list[Any] | None = None, threads: int | None = None, max_batch_size: int = 32,
                  warmup: bool = True, fast_decode: bool = True, *, verify: bool = True,
                  require_text: bool = True, max_delay_ms: float = 2.0, decode_workers: int | None = None,
-                 **backend_options: Any) -> None:
+                 joint: bool | str = "auto", **backend_options: Any) -> None:
         from sdk.backends import create_backend
         from sdk.preprocess import preprocess
         from sdk.tokenizer import Tokenizer
@@ -86,6 +87,7 @@ class Analyzer:
                                              kind=m.tokenizer.kind)
         self._preprocess = preprocess
         self.tasks = {t: list(v) for t, v in m.tasks.items()}
+        self.label_structure, self.joint_prior = _joint_decoding(m.raw, self.tasks, joint)
         self.max_batch_size = max_batch_size
         self.fast_decode = fast_decode
         self.require_text = require_text
@@ -121,6 +123,7 @@ class Analyzer:
             device=self.backend.resolved_device, bundle=self.bundle.name, bundle_path=str(self.bundle.path),
             tasks={t: list(v) for t, v in self.tasks.items()}, max_batch_size=self.max_batch_size,
             trim_padding=self.trim, fast_decode=self.fast_decode,
+            decoding="independent" if self.label_structure is None else ("joint+prior" if self.joint_prior else "joint"),
         )
 
     def __repr__(self) -> str:
@@ -212,10 +215,12 @@ class Analyzer:
                 ids, mask = self.tokenizer.trim(ids, mask, multiple_of=self._trim_multiple)
             outs = self.backend.run({"global_pixels": g, "canvas_pixels": c, "input_ids": ids,
                                      "attention_mask": mask})
-            per_task = []
-            for task, labels in self.tasks.items():
-                probs = np.asarray(outs[f"probs_{task}"], dtype=np.float32)
-                per_task.append((task, labels, probs.argmax(axis=1).tolist(), probs.tolist()))
+            probs = {t: np.asarray(outs[f"probs_{t}"], dtype=np.float32) for t in self.tasks}
+            if self.label_structure is not None:  # the most probable valid combination (sdk.labels)
+                top_idx = self.label_structure.decode(probs, use_prior=self.joint_prior)
+            else:
+                top_idx = {t: p.argmax(axis=1) for t, p in probs.items()}
+            per_task = [(t, labels, top_idx[t].tolist(), probs[t].tolist()) for t, labels in self.tasks.items()]
             for j, i in enumerate(idx):
                 tasks = {}
                 for task, labels, top, rows in per_task:
@@ -341,3 +346,25 @@ class Analyzer:
 
         pool.submit(self._prepare_safe, (image, text)).add_done_callback(decoded)
         return out
+
+
+def _joint_decoding(manifest: dict[str, Any], tasks: dict[str, list[str]], joint: bool | str) -> tuple[Any, bool]:
+    """(LabelStructure or None, use_prior) for `joint`: "auto" = the bundle's choice when it carries a table
+    (its `label_structure.decoding`: "joint" or "joint+prior"), True = joint without the prior, "prior" =
+    joint with the prior, False = each task on its own."""
+    from sdk.labels import structure_or_none
+
+    if joint not in ("auto", True, False, "prior"):
+        raise ConfigError(f"joint must be 'auto', True, False or 'prior', got {joint!r}")
+    raw = manifest.get("label_structure")
+    structure = structure_or_none(raw, tasks)
+    if joint is False:
+        return None, False
+    if structure is None:
+        if joint != "auto":
+            raise ConfigError("joint decoding was asked for, but the bundle carries no label structure "
+                              "(export it from a checkpoint trained by `sydes train recipe`)")
+        return None, False
+    if joint == "auto":
+        return structure, raw.get("decoding") == "joint+prior"
+    return structure, joint == "prior"

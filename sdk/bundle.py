@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.atomic import atomic_write_text
-from sdk.errors import BundleError, BundleIntegrityError
+from sdk.errors import BundleError, BundleIntegrityError, ConfigError
 
 SCHEMA = "sydes-bundle"
 SCHEMA_VERSION = 1
@@ -253,6 +253,14 @@ def validate_manifest(d: Any) -> Manifest:
         raise BundleError("manifest field 'engines' must be a folder name")
     _relfile(engines.rstrip("/") or "engines", "engines")
     calib = d.get("calibration_report")
+    structure = d.get("label_structure")
+    if structure is not None:
+        from sdk.labels import structure_or_none
+
+        try:
+            structure_or_none(structure, tasks)
+        except ConfigError as e:
+            raise BundleError(f"manifest field 'label_structure': {e}") from None
     return Manifest(
         schema_version=version, name=name, created=str(created), tasks=tasks, precision=precision,
         graphs=graphs, tokenizer=tokenizer, preprocess=dict(preprocess),

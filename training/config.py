@@ -100,6 +100,10 @@ class DecoderConfig:
     heads: int = 12
     mlp_ratio: float = 4.0
     output_dim: int = 512  # text_projection width = pooled feature width = head input
+    # Zero the last projection of every residual branch at init, so that a fresh decoder starts as the
+    # identity on the text tokens and the image enters as training finds it useful (edge preset; the
+    # reference keeps xavier, and imported weights overwrite the init anyway).
+    zero_init_residual: bool = False
 
 
 @dataclass
@@ -131,6 +135,8 @@ class SydesConfig:
     preprocess: dict[str, Any] = field(default_factory=preprocess_dict)
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     dropout: float = 0.1
+    # Valid label combinations of the training data (sdk.labels.LabelStructure.to_dict()), or None.
+    label_structure: dict[str, Any] | None = None
     version: int = CONFIG_VERSION
 
     # ---- derived sizes --------------------------------------------------------------------------
@@ -205,8 +211,9 @@ class SydesConfig:
                 f"latent_dim ({self.latent_dim}) must equal the image decoder dim ({self.image_decoder.dim}): "
                 "the consistency loss compares the aggregated decoder feature with the image latent"
             )
-        if not 0.0 < self.image_decoder.mask_ratio < 1.0:
-            raise ConfigError(f"mask_ratio must be in (0, 1), got {self.image_decoder.mask_ratio}")
+        # 0.0 is the reference's own fine-tune setting (no masking when fine-tuning)
+        if not 0.0 <= self.image_decoder.mask_ratio < 1.0:
+            raise ConfigError(f"mask_ratio must be in [0, 1), got {self.image_decoder.mask_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if min(self.decoder.layers, self.decoder.heads, self.image_decoder.blocks, self.decoder.output_dim) < 1:
@@ -218,6 +225,10 @@ class SydesConfig:
                 raise ConfigError(f"unknown task {t!r}; valid tasks: {', '.join(MSED_TASKS)}")
             if len(labels) < 2 or len(set(labels)) != len(labels):
                 raise ConfigError(f"task {t!r} needs >= 2 distinct label names, got {labels}")
+        if self.label_structure is not None:
+            from sdk.labels import LabelStructure
+
+            LabelStructure.from_dict(self.label_structure, self.tasks)  # ConfigError naming the problem
         max_pos = self.text.config.get("max_position_embeddings")
         if max_pos is not None and self.tokenizer.max_length > int(max_pos):
             raise ConfigError(
@@ -252,6 +263,7 @@ class SydesConfig:
                 preprocess=dict(d.pop("preprocess", preprocess_dict())),
                 tokenizer=TokenizerSpec(**d.pop("tokenizer", {})),
                 dropout=float(d.pop("dropout", 0.1)),
+                label_structure=d.pop("label_structure", None),
             )
         except KeyError as e:
             raise ConfigError(f"SyDES config lacks the field {e.args[0]!r}") from None

@@ -115,6 +115,9 @@ class SyDES(nn.Module):
             _xavier_init(m)
         for blk in (*self.text_decoder.resblocks, *self.text_decoder.cross_attn):
             _xavier_init(blk)
+            if dec.zero_init_residual:  # each block starts as the identity (see DecoderConfig)
+                nn.init.zeros_(blk.attn.out_proj.weight)
+                nn.init.zeros_(blk.mlp.c_proj.weight)
 
     # ---- inference stages -----------------------------------------------------------------------
     def encode_views(self, global_view: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
@@ -131,6 +134,12 @@ class SyDES(nn.Module):
         hidden = self.encode_views(global_view, tiles)
         b, _, _, d = hidden.shape
         return hidden[:, :, 1:].reshape(b, -1, d)
+
+    def memory_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The seam for cached image-encoder outputs: features [B, V, 1+P, Dv] (before ln1_post, V = 5 or the
+        1-view ablations of training.feature_cache) -> decoder memory [B, V*P, Dv], as encode_image."""
+        b, _, _, d = features.shape
+        return self.ln1_post(features.to(self.ln1_post.weight.dtype))[:, :, 1:].reshape(b, -1, d)
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -200,10 +209,17 @@ class SyDES(nn.Module):
         global_view: torch.Tensor | None = None,
         tiles: torch.Tensor | None = None,
         return_probs: bool = False,
+        image_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """-> {task: logits [B, C]} in config order (softmax probabilities with return_probs=True)."""
-        g, t = self.views_from_inputs(global_pixels, canvas_pixels, global_view, tiles)
-        memory = self.encode_image(g, t)  # [B, 5P, Dv]
+        """-> {task: logits [B, C]} in config order (softmax probabilities with return_probs=True).
+        `image_features` [B, 5, 1+P, Dv]: cached image-encoder outputs instead of any pixels."""
+        if image_features is not None:
+            if any(v is not None for v in (global_pixels, canvas_pixels, global_view, tiles)):
+                raise ConfigError("pass image_features= or pixels / views, not both")
+            memory = self.memory_from_features(image_features)
+        else:
+            g, t = self.views_from_inputs(global_pixels, canvas_pixels, global_view, tiles)
+            memory = self.encode_image(g, t)  # [B, 5P, Dv]
         _, text_tokens, mask = self.encode_text(input_ids, attention_mask)  # [B, L-1, Dt], [B, L-1]
         pooled = self.pool(self.decode(memory, text_tokens), mask)  # [B, O]
         logits = self.heads(pooled)
@@ -248,8 +264,15 @@ class SyDES(nn.Module):
         image decoder; fine-tune runs the inference path. Returns latents, decoder outputs, logits."""
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
-        g, t = self.views_from_inputs(**views)
-        b = g.shape[0]
+        features = views.pop("image_features", None)
+        if features is not None:  # cached encoder outputs through the seam (fine-tune only: no MIM)
+            if stage != "finetune" or views:
+                raise ConfigError("image_features= replaces the pixels and works for stage 'finetune' only")
+            g = t = None
+            b = features.shape[0]
+        else:
+            g, t = self.views_from_inputs(**views)
+            b = g.shape[0]
         out: dict[str, Any] = {"tiles": t}
         text_cls, text_tokens, mask = self.encode_text(input_ids, attention_mask)
         kpm = None
@@ -264,7 +287,7 @@ class SyDES(nn.Module):
             p, d = emb.shape[1] - 1, vis.shape[-1]
             filled = torch.cat([vis, self.image_decoder.mask_token_img.expand(b * 4, p - vis.shape[1], -1)], dim=1)
             full_tiles = torch.gather(filled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # [B*4, P, Dv]
-            kpm = torch.cat([torch.zeros(b, p, dtype=torch.bool, device=g.device), masks.bool().view(b, -1)], 1)
+            kpm = torch.cat([torch.zeros(b, p, dtype=torch.bool, device=emb.device), masks.bool().view(b, -1)], 1)
             global_cls = hidden_g[:, 0]
             memory = torch.cat([hidden_g[:, 1:], full_tiles.reshape(b, -1, d)], dim=1)  # [B, 5P, Dv]
             # image decoder: per-head gated mix of text-derived and image keys/values
@@ -276,7 +299,10 @@ class SyDES(nn.Module):
             pred, align = self.image_decoder(hidden_t, kv, ids_restore)
             out.update(recon_pred=pred, recon_mask=masks, dec_latents=self.aggregator(align.view(b, 4, -1)))
         else:
-            hidden = self.encode_views(g, t)  # [B, 5, 1+P, Dv]
+            if features is not None:
+                hidden = self.ln1_post(features.to(self.ln1_post.weight.dtype))  # [B, V, 1+P, Dv]
+            else:
+                hidden = self.encode_views(g, t)  # [B, 5, 1+P, Dv]
             global_cls = hidden[:, 0, 0]
             memory = hidden[:, :, 1:].reshape(b, -1, hidden.shape[-1])  # [B, 5P, Dv], global view first
         out["img_latents"] = self.img_to_latents(global_cls)

@@ -176,7 +176,7 @@ def edge(
         preset="edge",
         vision=BackboneSpec("dinov2", _dinov2(384, 12, 6, 224, 14), vision_pretrained),
         text=BackboneSpec("bert", _bert(384, 6, 12, 1536, BERT_UNCASED_VOCAB, 512), text_pretrained),
-        decoder=DecoderConfig(width=384, layers=4, heads=6, mlp_ratio=4.0, output_dim=384),
+        decoder=DecoderConfig(width=384, layers=4, heads=6, mlp_ratio=4.0, output_dim=384, zero_init_residual=True),
         image_decoder=ImageDecoderConfig(dim=256, blocks=4, heads=8, mlp_ratio=4.0, mask_ratio=0.75),
         latent_dim=256,
         tasks=task_labels(tasks),

