@@ -97,7 +97,8 @@ def build_graph(path: Path, tasks: dict[str, list[str]], vocab_size: int, seed: 
 
 
 def build_fake_bundle(folder: str | Path, *, tasks: dict[str, list[str]] | None = None, max_length: int = 16,
-                      trim_padding: bool = True, precision: str = "fp32", name: str = "fake") -> Path:
+                      trim_padding: bool = True, precision: str = "fp32", name: str = "fake",
+                      label_structure: dict | None = None) -> Path:
     """Write a complete, valid NAME.sydes/ folder at `folder`; returns its path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,8 @@ def build_fake_bundle(folder: str | Path, *, tasks: dict[str, list[str]] | None 
         "provenance": {"checkpoints": [], "packages": {}, "opset": 18, "calibration": None},
         "validation": {}, "calibration_report": None, "engines": "engines/",
     }
+    if label_structure is not None:
+        manifest["label_structure"] = label_structure
     write_manifest(folder, manifest)
     return folder
 

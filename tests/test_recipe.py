@@ -1,0 +1,98 @@
+"""`sydes train recipe` at tiny size: stages, resume, label structure through checkpoint and bundle, the
+text-only family."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdk.errors import ConfigError
+from training.recipe import Recipe, RecipeOptions, stratified_split
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from training.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("d") / "data", splits={"train": 40, "dev": 16}, seed=1)
+
+
+def test_stratified_split_is_deterministic_and_covers_each_combination() -> None:
+    rows = np.array([[i % 3, i % 2] for i in range(60)] + [[9, 9]])
+    fit, sel = stratified_split(rows, 0.2, seed=3)
+    assert (fit, sel) == stratified_split(rows, 0.2, seed=3)
+    assert sorted(fit + sel) == list(range(61)) and not set(fit) & set(sel)
+    assert {tuple(rows[i]) for i in sel} == {tuple(r) for r in rows[:60]}  # every combination seen >= 2x
+    assert 60 not in sel  # a combination seen once stays in fit
+
+
+def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
+                         int8_calib_samples=16)
+    report = Recipe(data, run, opts).run()
+    for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
+              "best/tokenizer.json", "int8.sydes/manifest.json"):
+        assert (run / f).is_file(), f
+    md = (run / "report.md").read_text()
+    assert "text-only (baseline)" in md and "contradicting answers" in md and "INT8 bundle" in md
+    # selection never saw dev; the table is learnt from the fit rows only
+    split = json.loads((run / "stages" / "data.json").read_text())
+    assert len(split["fit"]) + len(split["select"]) == 40 and split["dev"] == 16
+    cfg = json.loads((run / "best" / "config.json").read_text())
+    assert cfg["label_structure"]["decoding"] in ("joint", "joint+prior")
+    manifest = json.loads((run / "int8.sydes" / "manifest.json").read_text())
+    assert manifest["label_structure"]["combinations"] == cfg["label_structure"]["combinations"]
+    for name in ("baseline", "model"):
+        dev = report["decoding"][name]["dev"]
+        assert dev["joint"]["contradictions"] == dev["joint+prior"]["contradictions"] == 0
+    assert report["int8"]["modes"]["joint"]["contradictions"] == 0
+    # resume: every stage is done, nothing is retrained
+    mtime = (run / "model" / "best" / "model.safetensors").stat().st_mtime
+    Recipe(data, run, opts).run()
+    assert (run / "model" / "best" / "model.safetensors").stat().st_mtime == mtime
+    with pytest.raises(ConfigError, match="other options"):
+        Recipe(data, run, RecipeOptions(preset="tiny_vit_bert", epochs=2, progress=False))
+
+
+def test_recipe_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown recipe preset"):
+        RecipeOptions(preset="huge").validate()
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        RecipeOptions(ablations=("no-text",)).validate()
+    with pytest.raises(ConfigError, match="select_fraction"):
+        RecipeOptions(select_fraction=0.7).validate()
+
+
+def test_text_only_model_round_trip_and_errors(tmp_path: Path) -> None:
+    from sdk.errors import CheckpointError
+    from training.checkpoints import load_model
+    from training.presets import tiny_vit_bert
+    from training.text_model import TextClassifier, TextOnlyConfig
+
+    ref = tiny_vit_bert()
+    model = TextClassifier(TextOnlyConfig(text=ref.text, tasks=ref.tasks, tokenizer=ref.tokenizer)).eval()
+    ids = torch.randint(5, 100, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.int64)
+    mask[1, 6:] = 0
+    out = model(ids, mask)
+    assert {t: tuple(v.shape) for t, v in out.items()} == {"sentiment": (3, 3), "emotion": (3, 6), "desire": (3, 7)}
+    # padding beyond the mask changes nothing (masked mean)
+    ids2 = ids.clone()
+    ids2[1, 6:] = 7
+    assert torch.allclose(model(ids2, mask)["desire"], out["desire"], atol=1e-6)
+    model.save_pretrained(tmp_path / "ck")
+    again = load_model(tmp_path / "ck")
+    assert isinstance(again, TextClassifier)
+    assert torch.allclose(again(ids, mask)["emotion"], out["emotion"], atol=1e-6)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_model(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="unknown text-only config fields"):
+        TextOnlyConfig.from_dict({**model.config.to_dict(), "vision": {}})
+    with pytest.raises(ConfigError, match="no 'pretrain' stage"):
+        model.training_losses({"input_ids": ids, "attention_mask": mask}, stage="pretrain")
