@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-column", help="column that identifies a row (default: 'id' if present, "
                         "else the row number)")
     parser.add_argument("--image-column", help=f"image path column (default: first of {', '.join(IMAGE_COLUMNS)})")
-    parser.add_argument("--image-pattern", help="image path from the row instead of a column, e.g. "
-                        "'images/{row}.jpg' (MSED) or '{id}.jpg'")
+    parser.add_argument("--image-pattern", help="image path from the row instead of a column: {row} is the "
+                        "data row number counted from 1 (header excluded), {id} / {COLUMN} a column's value; "
+                        "e.g. 'images/{row}.jpg' (MSED: row K is images/K.jpg) or '{id}.jpg'")
     parser.add_argument("--text-column", help=f"text column (default: first of {', '.join(TEXT_COLUMNS)})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt")
@@ -150,7 +151,8 @@ def _file(args: argparse.Namespace) -> int:
     meta: deque[dict[str, Any]] = deque()
 
     def items() -> Iterator[Any]:
-        for n, row in enumerate(read_rows(args.input)):
+        # n counts data rows from 1 (header excluded), as MSED names its images: row K <-> images/K.jpg
+        for n, row in enumerate(read_rows(args.input), start=1):
             rec: dict[str, Any] = {"row": n}
             if isinstance(row, DataError):
                 key = str(n) if not id_col else f"row-{n}"
