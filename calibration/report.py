@@ -1,5 +1,5 @@
 """How much a reduced-precision graph changes the answers: top-1 agreement with FP32 and the macro-F1
-drop on a labelled slice (macro-F1 in numpy, no scikit-learn needed)."""
+drop on a labelled slice (sdk.metrics' macro-F1, the same as every other report of the project)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,7 @@ from typing import Any
 
 import numpy as np
 
-
-def macro_f1(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-             n_classes: int | None = None) -> float:
-    """Unweighted mean of per-class F1 over the classes present in y_true or y_pred (scikit-learn's
-    `f1_score(average="macro")`, zero where a class has no true and no predicted sample is skipped)."""
-    t = np.asarray(y_true, dtype=np.int64)
-    p = np.asarray(y_pred, dtype=np.int64)
-    if t.shape != p.shape:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ in shape")
-    if t.size == 0:
-        return float("nan")
-    k = int(n_classes or max(t.max(), p.max()) + 1)
-    tp = np.bincount(t[t == p], minlength=k).astype(np.float64)
-    n_true = np.bincount(t, minlength=k).astype(np.float64)
-    n_pred = np.bincount(p, minlength=k).astype(np.float64)
-    present = (n_true + n_pred) > 0
-    denom = n_true + n_pred
-    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
-    return float(f1[present].mean())
+from sdk.metrics import macro_f1  # noqa: F401  (the one macro-F1: all classes of the task)
 
 
 def run_graph(model_path: str | Path, feeds: Iterable[dict[str, np.ndarray]], threads: int | None = None,

@@ -270,8 +270,10 @@ def test_macro_f1_matches_definition() -> None:
     rng = np.random.default_rng(0)
     t, q = rng.integers(0, 7, 300), rng.integers(0, 6, 300)  # class 6 never predicted
     assert macro_f1(t, q, 7) == pytest.approx(sklearn.f1_score(t, q, average="macro"))
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match="y_true has 2 labels but y_pred has 1"):
         macro_f1([0, 1], [0])
+    # all labels of the task count, as training's reports do (a class absent from the slice scores 0)
+    assert macro_f1([0, 1], [0, 1], 3) == pytest.approx(2 / 3)
 
 
 def test_compare_probs_and_labels() -> None:
@@ -283,5 +285,6 @@ def test_compare_probs_and_labels() -> None:
     rep = compare_probs(ref, cand, labels)["sentiment"]
     assert rep["top1_agreement"] == pytest.approx(2 / 3)
     assert rep["max_abs_diff"] == pytest.approx(0.4)
-    assert rep["labelled"] == 2 and rep["macro_f1_reference"] == 1.0
+    # macro over all 3 classes, as every report of the project: "positive" has no sample here and scores 0
+    assert rep["labelled"] == 2 and rep["macro_f1_reference"] == pytest.approx(2 / 3)
     assert rep["macro_f1_drop"] == pytest.approx(1.0 - macro_f1([0, 1], [0, 0], 3))

@@ -1,4 +1,4 @@
-"""Classification metrics in plain numpy (checked against scikit-learn in tests/test_eval.py).
+"""Evaluation reports over tasks (per-task metrics come from `sdk.metrics`, their one definition).
 
 Conventions follow scikit-learn's defaults: precision/recall/F1 of a class with no predicted (or no true)
 samples is 0 (sklearn's `zero_division` warning case), macro = unweighted mean over all classes of the task
@@ -12,52 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sdk.errors import DataError
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts [C, C]: row = true class, column = predicted class."""
-    y_true = np.asarray(y_true, dtype=np.int64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
-    if y_true.shape != y_pred.shape:
-        raise DataError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise DataError(f"{name} holds a class index outside [0, {num_classes})")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
-
-
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(num, dtype=np.float64)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
-
-
-def task_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
-    """Accuracy, macro/weighted F1, per-class precision/recall/F1/support and the confusion matrix."""
-    cm = confusion_matrix(y_true, y_pred, len(labels))
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    precision = _safe_div(tp, predicted)
-    recall = _safe_div(tp, support)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    n = cm.sum()
-    return {
-        "n": int(n),
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "macro_f1": float(f1.mean()) if len(labels) else 0.0,
-        "weighted_f1": float((f1 * support).sum() / n) if n else 0.0,
-        "per_class": {
-            lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                  "support": int(support[i])}
-            for i, lab in enumerate(labels)
-        },
-        "labels": list(labels),
-        "confusion": cm.tolist(),
-    }
+from sdk.errors import DataError  # noqa: F401  (re-exported for callers of this module)
+from sdk.metrics import confusion_matrix, macro_f1, task_report  # noqa: F401  (one definition, in sdk)
 
 
 def evaluate_predictions(y_true: dict[str, np.ndarray], y_pred: dict[str, np.ndarray],
