@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sydes", description="SyDES Edge: multimodal sentiment, emotion "
                                      "and desire recognition, from training to edge engines.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    from sdk import __version__
+
+    parser.add_argument("--version", action="version", version=f"sydes-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     by_name = {c.name: c for c in COMMANDS}
     chosen = next((a for a in argv if not a.startswith("-")), None)

@@ -25,14 +25,17 @@ def predict(model: torch.nn.Module, records: Records, tokenizer, *, batch_size: 
 
     cfg = model.config
     tasks = cfg.task_names
-    ds: Any = PostDataset(records, tokenizer, PreprocessConfig.from_dict(cfg.preprocess), tasks,
-                          with_pixels=feature_cache is None)
-    if feature_cache is not None:
+    images = getattr(model, "uses_images", True)  # the text-only family reads no image
+    pcfg = PreprocessConfig.from_dict(cfg.preprocess) if images else None
+    ds: Any = PostDataset(records, tokenizer, pcfg, tasks, with_pixels=images and feature_cache is None)
+    if feature_cache is not None and images:
         from training.feature_cache import CachedFeatureDataset
 
         feature_cache.fill(records, PreprocessConfig.from_dict(cfg.preprocess), batch_size=batch_size)
         ds = CachedFeatureDataset(ds, feature_cache, records)
-    device = torch.device(device)
+    from training.trainer import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else device
     model = model.to(device).eval()
     loader = make_loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     trues: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
@@ -56,12 +59,12 @@ def predict(model: torch.nn.Module, records: Records, tokenizer, *, batch_size: 
 
 
 def evaluate_checkpoint(checkpoint: str | Path, records: Records, *, batch_size: int = 16,
-                        device: str = "cpu", num_workers: int = 0, progress: bool = False) -> dict[str, dict]:
-    """Load `checkpoint` (SyDES.from_pretrained) and return per-task reports (training.metrics)."""
-    from training.model import SyDES
+                        device: str = "auto", num_workers: int = 0, progress: bool = False) -> dict[str, dict]:
+    """Load `checkpoint` (any family: training.checkpoints) and return per-task reports (training.metrics)."""
+    from training.checkpoints import load_model
     from training.runner import load_tokenizer
 
-    model = SyDES.from_pretrained(checkpoint)
+    model = load_model(checkpoint)
     tokenizer = load_tokenizer(model.config, checkpoint)
     y, p, _ = predict(model, records, tokenizer, batch_size=batch_size, device=device, num_workers=num_workers,
                       progress=progress)

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     p.add_argument("--png", metavar="OUT", help="plot the confusion matrices (needs matplotlib)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--skip-invalid", action="store_true")
