@@ -408,3 +408,101 @@ def test_reference_size_import_of_all_887_keys(tmp_path):
     tok = Tokenizer.from_file(out / "tokenizer.json", max_length=77, kind="clip")
     ids, _ = tok.encode_batch(["a photo of a cat"])
     assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+# --- the reference's own four config files, as it writes them (comments, every key), tiny sizes -----------
+def reference_config_text(stage: str, task: str) -> str:
+    """configs/pretrain_msed.yaml or configs/finetune_msed_{task}.yaml of the reference repository, key for key
+    and with its comments, with the model sizes of the tiny CLIP folder substituted (width 32, 2 layers)."""
+    labels = {"sentiment": 3, "emotion": 6, "desire": 7}
+    pre = stage == "pretrain"
+    head = '  is_mae_plot: false  # Enable MAE visualization during training\n' \
+           '  is_attn_plot: true  # Enable attention visualization during training\n' if pre else ""
+    decoder_weights = '    pretrained_path: "checkpoints/mscoco_finetuned_CoCa/open_clip_pytorch_model.bin"  ' \
+                      '# Optional pretrained decoder weights\n' if pre else ""
+    return f"""# Model architecture configuration
+model:
+{head}  image_encoder_path: "checkpoints/clip-vit-base-patch16"  # Path to CLIP vision encoder weights
+  text_encoder_path: "checkpoints/clip-vit-base-patch16"  # Path to CLIP text encoder weights
+  text_decoder:
+{decoder_weights}    layers: 2  # Number of transformer layers
+    nhead: 4  # Number of attention heads per layer
+    embed_dim: {TINY["vision"]["hidden"]}  # Token embedding dimension
+    mlp_ratio: 4.0  # MLP expansion ratio
+    context_length: 76  # Maximum sequence length
+    output_dim: 20  # Output dimension
+  image_decoder:
+    layers: 8  # Number of transformer layers
+    nhead: 4  # Number of attention heads per layer
+    embed_dim: 16  # Patch embedding dimension
+    mask_ratio: {"0.75  # Ratio of patches to mask for MAE" if pre else "0.00  # Ratio of patches to mask (0=no masking)"}
+    mlp_ratio: 4.0  # MLP expansion ratio
+  latent_dim: 16  # Shared latent space dimension
+  num_labels: {6 if pre else labels[task]}  # Number of output classes
+  freeze_text_encoder: false  # Freeze text encoder parameters
+  freeze_text_decoder: {"true" if pre else "false"}  # Freeze text decoder parameters
+  freeze_image_encoder: {"false" if pre else "true"}  # Freeze image encoder parameters
+  freeze_image_decoder: {"false" if pre else "true"}  # Freeze image decoder parameters
+  freeze_aggregator: {"false" if pre else "true"}  # Freeze aggregator parameters
+
+# Dataset configuration
+data:
+  data_name: "MSED"  # Dataset identifier
+  root_path: "playground/data/MSED"  # Root directory path
+  label_type: "{"sentiment" if pre else task}"  # Type of labels
+
+# Training configuration
+training:
+  stage: "{stage}"  # Training stage: pretrain or finetune
+  loss_weight:
+    itc: {"0.50" if pre else "0.40"}  # Image-text contrastive loss weight
+    cs: {"0.50" if pre else "0.00"}  # Consistency loss weight (MSE)
+    cf: {"0.025" if pre else "0.00"}  # Contrastive feature loss weight (KL divergence)
+    recon: {"1.0" if pre else "0"}  # Reconstruction loss weight (MAE)
+    cls: {"0.0" if pre else "1.0"}  # Classification loss weight
+{"" if pre else "    mdse: 0.00  # Multi-task desire loss weight" + chr(10)}  batch_size: 32  # Training batch size
+  eval_batch_size: {32 if pre else 64}  # Evaluation batch size
+  eval_strategy: "steps"  # Evaluation strategy: steps or epoch
+  eval_steps: 96  # Evaluate every N steps
+  save_strategy: "steps"  # Checkpoint saving strategy
+  save_steps: 96  # Save checkpoint every N steps
+  save_total_limit: 5  # Maximum checkpoints to keep
+  logging_strategy: "steps"  # Logging strategy
+  logging_steps: 50  # Log metrics every N steps
+  load_best_model_at_end: true  # Load best model at end
+  metric_for_best_model: "{"eval_loss" if pre else "eval_f1_macro"}"  # Metric for model selection
+  greater_is_better: {"false" if pre else "true"}  # Higher metric is better
+  output_dir: "output/{stage}/files"  # Output directory
+  max_grad_norm: 1.0  # Gradient clipping norm
+  num_epochs: 50  # Total training epochs
+  learning_rate_map:
+    image_encoder: {"5e-6" if pre else "5e-5"}  # Image encoder learning rate
+    text_decoder: {"1e-4" if pre else "2e-4"}  # Text decoder learning rate
+    others: 1e-4  # Other components learning rate
+  fp16: true  # Enable mixed-precision training
+  warmup_ratio: {"0.15" if pre else "0.10"}  # Learning rate warmup ratio
+  weight_decay: 0.01  # Weight decay coefficient
+  gradient_accumulation: 2  # Gradient accumulation steps
+  seed: 42  # Random seed for reproducibility
+"""
+
+
+@pytest.mark.parametrize("stage,task,head", [("pretrain", "sentiment", "emotion"), ("finetune", "sentiment", "sentiment"),
+                                             ("finetune", "emotion", "emotion"), ("finetune", "desire", "desire")])
+def test_import_takes_each_of_the_reference_config_files(tmp_path, stage, task, head):
+    from training.model import SyDES
+
+    clip_dir = write_clip_dir(tmp_path / "clip")
+    yaml_path = tmp_path / f"{stage}_{task}.yaml"
+    yaml_path.write_text(reference_config_text(stage, task))
+    cfg = reference_sydes_config(read_reference_yaml(yaml_path), read_clip_source(clip_dir))
+    assert list(cfg.tasks) == [head]
+    assert cfg.image_decoder.mask_ratio == (0.75 if stage == "pretrain" else 0.0)
+    torch.manual_seed(0)
+    ref_sd = {sydes_to_reference_key(k): torch.randn(v.shape) for k, v in SyDES(cfg).state_dict().items()}
+    out = import_reference(_save(ref_sd, tmp_path / "w.safetensors"), yaml_path, clip_dir, tmp_path / "ck")
+    loaded = SyDES.from_pretrained(out).eval()
+    for k, v in ref_sd.items():
+        assert torch.equal(loaded.state_dict()[reference_to_sydes_key(k, head)], v), k
+    with torch.no_grad():
+        assert loaded(**_inputs(loaded.config))[head].shape == (2, len(cfg.tasks[head]))

@@ -229,6 +229,16 @@ def reference_sydes_config(ref_yaml: dict[str, Any], clip: ClipSource):
         raise ConfigError(f"reference config: unknown data.label_type {task!r}; valid: {', '.join(MSED_TASKS)}")
     tasks = task_labels((task,))
     num_labels = _field(model, "model", "num_labels", int)
+    stage = (ref_yaml.get("training") or {}).get("stage")
+    by_size = {len(v): t for t, v in MSED_TASKS.items()}  # 3, 6, 7: one task per head size
+    if num_labels != len(tasks[task]) and stage == "pretrain" and num_labels in by_size:
+        # The reference's pretrain config says label_type sentiment with num_labels 6: its head is not
+        # trained in pretraining (cls weight 0) and is sized by num_labels, so the checkpoint's head is
+        # read as the task of that size; fine-tuning re-initialises it anyway.
+        log.warning("reference pretrain config: num_labels %d does not fit label_type %r; its (untrained) "
+                    "head is imported as task %r", num_labels, task, by_size[num_labels])
+        task = by_size[num_labels]
+        tasks = task_labels((task,))
     if num_labels != len(tasks[task]):
         raise ConfigError(f"reference config: model.num_labels = {num_labels} but task {task!r} has "
                           f"{len(tasks[task])} labels ({', '.join(tasks[task])})")
