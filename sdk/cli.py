@@ -26,7 +26,8 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("demo", "export.commands.demo", "train,export,cpu", "train, export and run a small demo model end to end"),
-    Command("train", "training.commands.train", "train", "pretrain or fine-tune a SyDES model"),
+    Command("train", "export.commands.train", "train,export",
+            "train a model: the whole recipe (train recipe), or one pretrain / fine-tune stage"),
     Command("eval", "training.commands.evaluate", "train", "evaluate a checkpoint on a labelled split"),
     Command("import-reference", "training.commands.import_reference", "train",
             "convert a reference-implementation checkpoint"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sdk.errors import ConfigError
-from training.recipe import Recipe, RecipeOptions, stratified_split
+from export.recipe import Recipe, RecipeOptions, stratified_split
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
                     "text_decoder": 2e-3, "text_encoder": 1e-3, "image_encoder": 1e-3}, warmup=0.1,
                     save_every=10_000, num_workers=0, progress=True)
     best = run_dir / "best"
+    # the valid label combinations of the training data: the bundle answers one consistent combination
+    from training.checkpoints import label_structure_of, set_label_structure
+    from training.data import read_msed
+
+    set_label_structure(best, label_structure_of(read_msed(data, "train"), summary_tasks(best)))
     print(f"[2/4] trained tiny SyDES in {time.perf_counter() - t0:.0f} s; best dev macro-F1 (mean of tasks) "
           f"{summary.get('best')}; checkpoint {best}")
 
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     posts = [(data / "dev" / "images" / f"{k}.jpg", r["Caption"]) for k, r in enumerate(rows, start=1)]
     with Analyzer(bundle) as analyzer:
         print(f"[4/4] Analyzer on {analyzer.info.backend} ({', '.join(analyzer.info.providers or [])}), "
-              f"precision {analyzer.info.precision}")
+              f"precision {analyzer.info.precision}, decoding {analyzer.info.decoding}")
         t0 = time.perf_counter()
         results = analyzer.analyze_batch(posts)
         dt = time.perf_counter() - t0
@@ -102,3 +107,8 @@ def run(args: argparse.Namespace) -> int:
               f"({len(posts) / dt:.1f} posts/s, decode + preprocess + model)")
     print("\n" + BANNER)
     return 0
+
+
+def summary_tasks(checkpoint: Path) -> dict[str, list[str]]:
+    """The ordered task labels of a checkpoint (its config.json)."""
+    return dict(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["tasks"])

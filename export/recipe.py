@@ -165,7 +165,7 @@ class Recipe:
         train, _, dev = self._records()
         rows = np.array([[e.labels[t] for t in tasks] for e in train.examples])
         fit, select = stratified_split(rows, self.opts.select_fraction, self.opts.seed)
-        structure = LabelStructure.from_labels(tasks, rows[fit])
+        structure = LabelStructure.from_labels(tasks, rows[fit])  # fit rows only: select is held out
         dev_rows = np.array([[e.labels[t] for t in tasks] for e in dev.examples])
         unseen = int(sum(not structure.contains(r) for r in dev_rows))
         return {"train": len(train), "fit": fit, "select": select, "dev": len(dev),
@@ -280,6 +280,7 @@ class Recipe:
         return {"models": {n: decoding_table(self._structure(), self._tasks(), probs[n], select, dev) for n in names}}
 
     def _best(self, decoding: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+        from training.checkpoints import set_label_structure
         from training.recipe_report import write_model_card
 
         name = "model" if self.opts.preset != BASELINE else "baseline"
@@ -289,9 +290,8 @@ class Recipe:
         tmp = self.out / ".best.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
+        set_label_structure(tmp, self._structure(), choice)
         cfg = json.loads((tmp / "config.json").read_text())
-        cfg["label_structure"] = {**cfg["label_structure"], "decoding": choice}
-        atomic_write_text(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
         write_model_card(tmp, cfg, decoding["models"][name], self._done("data"), self.data)
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
