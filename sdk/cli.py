@@ -34,7 +34,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("export", "export.commands.export", "export", "export checkpoint(s) to a verified bundle or engine"),
     Command("info", "sdk.commands.info", "cpu", "print a bundle's manifest"),
     Command("analyze", "sdk.commands.analyze", "cpu", "analyse posts with a bundle"),
-    Command("benchmark", "sdk.commands.benchmark", "cpu", "measure a bundle's latency and throughput"),
+    Command("benchmark", "training.commands.benchmark", "cpu",
+            "measure a bundle's latency and throughput (--compare: vs torch eager)"),
 )
 
 # Top-level modules of optional dependencies -> the extra that provides them.

@@ -1,14 +1,13 @@
 """`sydes benchmark BUNDLE`: latency percentiles and throughput per batch size, peak RSS, backend.
 
 Two timings per batch size: `model` (the backend alone on ready arrays) and `e2e` (analyze_batch on JPEG
-bytes: decode + views + tokenise + model). `--compare CHECKPOINT` also runs that checkpoint in torch eager
-mode on the same inputs, in the same process, and reports its latency and the largest probability gap.
+bytes: decode + views + tokenise + model). `--compare CHECKPOINT` (torch eager on the same inputs) is
+added by training/commands/benchmark.py, the module the CLI runs: sdk never loads training.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import json
 import platform
@@ -16,6 +15,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 TEXTS = ["a happy day at the beach with friends", "so sad, lost my dog today",
@@ -32,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--image-size", default="640x480", help="WxH of the synthetic JPEGs")
     parser.add_argument("--no-e2e", action="store_true", help="time the model only")
-    parser.add_argument("--compare", type=Path, metavar="CHECKPOINT",
-                        help="also run this training checkpoint in torch eager mode (needs the 'train' extra)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
 
 
@@ -86,39 +84,8 @@ def _feeds(az, prepared) -> dict[str, Any]:
             "input_ids": ids, "attention_mask": mask}
 
 
-def _torch_compare(ckpt: Path, az, feeds_by_b: dict[int, dict], iters: int, warmup: int) -> dict[str, Any]:
-    # sdk must never import training statically (layering: sdk is the bottom layer); this command loads
-    # it by name only when --compare is given, like the CLI dispatcher does for upper-layer commands.
-    from sdk.errors import MissingExtraError
-
-    try:
-        torch = importlib.import_module("torch")
-        training_model = importlib.import_module("training.model")
-    except ModuleNotFoundError as e:
-        raise MissingExtraError(e.name or "torch", "train", "needed by --compare") from e
-    import numpy as np
-
-    model = training_model.SyDES.from_pretrained(ckpt).eval()
-    out: dict[str, Any] = {"checkpoint": str(ckpt), "torch": torch.__version__, "per_batch": {}}
-    for b, feeds in feeds_by_b.items():
-        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
-
-        def call(t=t):
-            with torch.inference_mode():
-                return model(t["input_ids"], t["attention_mask"], global_pixels=t["global_pixels"],
-                             canvas_pixels=t["canvas_pixels"])
-
-        ms = _time(call, iters, warmup)
-        logits = call()
-        ours = az.backend.run(feeds)
-        diff = max(float(np.abs(torch.softmax(logits[task].float(), -1).numpy() - ours[f"probs_{task}"]).max())
-                   for task in az.tasks)
-        out["per_batch"][b] = {"latency_ms": percentiles(ms), "throughput": b * 1000 / percentiles(ms)["mean"],
-                               "max_abs_prob_diff": diff}
-    return out
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, compare: Callable[[Any, dict[int, dict]], dict[str, Any]] | None = None) -> int:
+    """`compare(analyzer, feeds_by_batch)`, when given, adds a report["compare"] section (torch eager)."""
     from sdk.analyzer import Analyzer
     from sdk.errors import ConfigError
 
@@ -145,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
                 row["e2e_ms"] = percentiles(e2e)
                 row["e2e_throughput"] = b * 1000 / row["e2e_ms"]["mean"]
             report["per_batch"][b] = row
-        if args.compare:
-            report["compare"] = _torch_compare(args.compare, az, feeds_by_b, args.iters, args.warmup)
+        if compare is not None:
+            report["compare"] = compare(az, feeds_by_b)
     report["peak_rss_mb"] = peak_rss_mb()
     print(format_report(report))
     if args.json:
