@@ -1,4 +1,4 @@
-"""calibration layer of SyDES Edge (see ../shared/DESIGN.md for layering).
+"""calibration layer of SyDES Edge (see docs/architecture.md for the layers and who owns each contract).
 
 Choosing calibration posts (stratified, reproducible), feeding them exactly as the runtime preprocesses
 (`SydesCalibrationReader`), computing and caching activation ranges, and reporting what INT8 changes.

@@ -1,1 +1,1 @@
-"""export layer of SyDES Edge (see ../shared/DESIGN.md for layering)."""
+"""export layer of SyDES Edge (see docs/architecture.md for the layers and who owns each contract)."""

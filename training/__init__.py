@@ -1,1 +1,1 @@
-"""training layer of SyDES Edge (see ../shared/DESIGN.md for layering)."""
+"""training layer of SyDES Edge (see docs/architecture.md for the layers and who owns each contract)."""
