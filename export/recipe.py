@@ -139,8 +139,8 @@ class Recipe:
 
     # ---- data -----------------------------------------------------------------------------------
     def _tasks(self) -> dict[str, list[str]]:
-        from training.presets import ALL_TASKS
         from training.config import task_labels
+        from training.presets import ALL_TASKS
 
         return task_labels(ALL_TASKS)
 
@@ -298,9 +298,8 @@ class Recipe:
         return {"checkpoint": str(dst), "from": str(src), "decoding": choice}
 
     def _int8(self) -> dict[str, Any]:
-        from training.recipe_report import score_bundle
-
         from export.pipeline import ExportOptions, export_checkpoints
+        from training.recipe_report import score_bundle
 
         bundle = self.out / "int8.sydes"
         t0 = time.perf_counter()

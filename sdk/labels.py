@@ -44,7 +44,7 @@ class LabelStructure:
         if not self.combos or len(self.combos) != len(self.counts):
             raise ConfigError("a label structure needs >= 1 combination and one count per combination")
         for c in self.combos:
-            if len(c) != len(self.tasks) or any(not 0 <= i < len(lab) for i, lab in zip(c, self.labels)):
+            if len(c) != len(self.tasks) or any(not 0 <= i < len(lab) for i, lab in zip(c, self.labels, strict=False)):
                 raise ConfigError(f"label combination {list(c)} does not fit the tasks {list(self.tasks)}")
         if len(set(self.combos)) != len(self.combos):
             raise ConfigError("a label structure lists a combination twice")
@@ -75,7 +75,7 @@ class LabelStructure:
             "tasks": list(self.tasks),
             "combinations": [
                 {"labels": [self.labels[j][i] for j, i in enumerate(c)], "count": n}
-                for c, n in zip(self.combos, self.counts)
+                for c, n in zip(self.combos, self.counts, strict=False)
             ],
         }
 

@@ -34,11 +34,11 @@ def test_joint_decoding_never_contradicts_and_keeps_consistent_argmax() -> None:
     for prior in (False, True):
         out = s.decode(p, use_prior=prior)
         assert out["sentiment"].shape == (500,)
-        assert all(s.contains(c) for c in zip(out["sentiment"], out["emotion"]))
+        assert all(s.contains(c) for c in zip(out["sentiment"], out["emotion"], strict=False))
     # where the independent argmax is a valid combination, joint decoding without the prior keeps it
     ind = {t: v.argmax(1) for t, v in p.items()}
     out = s.decode(p)
-    ok = np.array([s.contains(c) for c in zip(ind["sentiment"], ind["emotion"])])
+    ok = np.array([s.contains(c) for c in zip(ind["sentiment"], ind["emotion"], strict=False)])
     assert ok.any() and (out["sentiment"][ok] == ind["sentiment"][ok]).all()
 
 
@@ -63,7 +63,7 @@ def test_round_trip_and_projection() -> None:
     three = {**TWO, "desire": ["a", "b"]}
     full = LabelStructure.from_labels(three, np.array([[2, 0, 0], [2, 0, 1], [0, 1, 1]]))
     proj = structure_or_none(full.to_dict(), TWO)
-    assert proj is not None and proj.tasks == ("sentiment", "emotion") and dict(zip(proj.combos, proj.counts)) == {
+    assert proj is not None and proj.tasks == ("sentiment", "emotion") and dict(zip(proj.combos, proj.counts, strict=False)) == {
         (2, 0): 2, (0, 1): 1}
     assert structure_or_none(full.to_dict(), {"sentiment": TWO["sentiment"]}) is None
     assert structure_or_none(None, TWO) is None
@@ -101,7 +101,7 @@ def test_analyzer_answers_valid_combinations_and_keeps_probs(tmp_path) -> None:
     with Analyzer(b, device="cpu", threads=1, warmup=False) as az, \
             Analyzer(b, device="cpu", threads=1, warmup=False, joint=False) as ind:
         assert az.info.decoding == "joint" and ind.info.decoding == "independent"
-        for r, q in zip(az.analyze_batch(posts), ind.analyze_batch(posts)):
+        for r, q in zip(az.analyze_batch(posts), ind.analyze_batch(posts), strict=False):
             combo = [TASKS[t].index(r.tasks[t].label) for t in TASKS]
             assert structure.contains(combo)
             for t in TASKS:

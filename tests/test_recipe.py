@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdk.errors import ConfigError
 from export.recipe import Recipe, RecipeOptions, stratified_split
+from sdk.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ class TextOnlyConfig:
 def text_only(tasks=("sentiment", "emotion", "desire"), *, text_pretrained: str | None = None,
               max_length: int = 128) -> TextOnlyConfig:
     """MiniLM-L6 (BERT, 384-d) + mean pooling + one linear layer per task (the issue's baseline)."""
-    from .presets import _bert, BERT_UNCASED_VOCAB
+    from .presets import BERT_UNCASED_VOCAB, _bert
 
     return TextOnlyConfig(text=BackboneSpec("bert", _bert(384, 6, 12, 1536, BERT_UNCASED_VOCAB, 512), text_pretrained),
                           tasks=task_labels(tuple(tasks)), tokenizer=TokenizerSpec("wordpiece", max_length)).validate()

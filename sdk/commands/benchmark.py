@@ -14,8 +14,8 @@ import platform
 import resource
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 TEXTS = ["a happy day at the beach with friends", "so sad, lost my dog today",
