@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-size", type=int, default=96, help="generated dev posts")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--precision", default="int8", help="bundle precision: fp32, fp16 or int8")
+    p.add_argument("--precision", default="int8", choices=("fp32", "fp16", "int8"), help="bundle precision (default int8)")
     p.add_argument("--show", type=int, default=6, help="how many dev posts to print")
     p.add_argument("--seed", type=int, default=0)
 

@@ -7,24 +7,24 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from export.formats import PRECISIONS, TARGET_OPSET, TARGETS
+    from calibration.methods import METHODS
     from export.pipeline import FORMATS
 
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="checkpoint folder(s); several single-task ones sharing an image encoder make one "
                         "multi-task bundle")
     p.add_argument("-o", "--output", required=True, metavar="NAME.sydes", help="bundle folder to write")
-    # precision / method are checked by the pipeline so that a wrong value lists the valid ones there too
-    p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (default fp32)")
-    p.add_argument("--target", default="cpu",
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default fp32")
+    p.add_argument("--target", default="cpu", choices=TARGETS,
                    help=f"one of {', '.join(TARGETS)}: INT8 scheme (cpu: u8 activations x s8 weights; "
                         "tensorrt: symmetric s8, per-channel weights) and whether onnxruntime-only fusions apply")
-    p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (tensorrt also builds an "
-                                                     "engine on this machine's GPU)")
+    p.add_argument("--format", default="onnx", choices=FORMATS,
+                   help="tensorrt also builds an engine on this machine's GPU (default onnx)")
     p.add_argument("--calib", metavar="DATA", help="calibration data: MSED folder, JSONL/CSV of posts, folder "
                                                     "of images, or 'generated'")
     p.add_argument("--calib-split", default="train", help="MSED split to calibrate on (default train)")
     p.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration posts (default 256)")
-    p.add_argument("--calib-method", default="percentile", help="minmax, entropy or percentile (default)")
+    p.add_argument("--calib-method", default="percentile", choices=METHODS, help="default percentile")
     p.add_argument("--eval-samples", type=int, default=128, metavar="N",
                    help="held-out posts for the FP32-agreement / macro-F1 report (0: skip; default 128)")
     p.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/sydes/calibration)")

@@ -26,6 +26,8 @@ TEXT_COLUMNS = ("text", "caption", "Caption")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sdk.backends import BACKENDS
+
     parser.add_argument("bundle", help="the NAME.sydes/ folder")
     parser.add_argument("image", nargs="?", help="an image file (single-post mode)")
     parser.add_argument("text", nargs="?", help="the post's text (single-post mode)")
@@ -42,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "data row number counted from 1 (header excluded), {id} / {COLUMN} a column's value; "
                         "e.g. 'images/{row}.jpg' (MSED: row K is images/K.jpg) or '{id}.jpg'")
     parser.add_argument("--text-column", help=f"text column (default: first of {', '.join(TEXT_COLUMNS)})")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="default auto")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: physical cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -23,12 +23,14 @@ TEXTS = ["a happy day at the beach with friends", "so sad, lost my dog today",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sdk.backends import BACKENDS
+
     parser.add_argument("bundle", help="the NAME.sydes/ folder")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per batch size")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="default auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--image-size", default="640x480", help="WxH of the synthetic JPEGs")
     parser.add_argument("--no-e2e", action="store_true", help="time the model only")
