@@ -61,6 +61,7 @@ class ExportOptions:
     fusions: bool = False          # onnxruntime-only contrib fusions (cpu target; not portable)
     check_analyzer: bool = True
     max_batch: int = 32            # TensorRT profile
+    progress: bool = True          # a tqdm line naming the running stage
 
 
 @dataclass
@@ -114,8 +115,19 @@ def _tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 
 
 class _Stopwatch:
-    def __init__(self) -> None:
+    """Seconds per export stage; with `progress`, a tqdm line naming the running stage."""
+
+    def __init__(self, progress: bool = False) -> None:
         self.seconds: dict[str, float] = {}
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc="export", unit="stage", dynamic_ncols=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def __call__(self, name: str) -> _Lap:
         return _Lap(self, name)
@@ -127,9 +139,13 @@ class _Lap:
 
     def __enter__(self) -> None:
         self.t0 = time.perf_counter()
+        if self.sw.bar is not None:
+            self.sw.bar.set_description_str(f"export: {self.name}")
 
     def __exit__(self, *exc: object) -> None:
         self.sw.seconds[self.name] = round(self.sw.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0, 2)
+        if self.sw.bar is not None:
+            self.sw.bar.update(1)
 
 
 def check_options(opts: ExportOptions) -> ExportOptions:
@@ -213,7 +229,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
     tok_kind, max_length = cfg0.tokenizer.kind, int(cfg0.tokenizer.max_length)
     tokenizer = Tokenizer.from_file(tokenizer_file, max_length=max_length, kind=tok_kind)
     graph = ExportGraph(list(models)).eval()
-    sw = _Stopwatch()
+    sw = _Stopwatch(opts.progress)
 
     with tempfile.TemporaryDirectory(prefix="sydes-export.") as tmp_s:
         tmp = Path(tmp_s)
@@ -332,6 +348,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
             from export.tensorrt import build_bundle_engine
 
             build_bundle_engine(output, max_batch=opts.max_batch)
+    sw.close()
     return ExportReport(bundle=output, manifest=manifest, seconds=sw.seconds)
 
 
