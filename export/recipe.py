@@ -115,7 +115,9 @@ class Recipe:
         if f.is_file():
             theirs = json.loads(f.read_text())
             theirs.pop("progress", None)
-            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k != "int8")
+            # ablations and the INT8 check add stages; they change nothing that is already done
+            additive = ("int8", "ablations")
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k not in additive)
             if changed:
                 raise ConfigError(f"{self.out} holds a recipe run with other options ({', '.join(changed)}); "
                                   "use another --output to start afresh")
@@ -324,6 +326,8 @@ class Recipe:
             trained["model"] = self._stage("model", lambda: self._train("model", o.preset))
         for a in o.ablations:
             trained[a] = self._stage(a, lambda a=a: self._train(a, o.preset, ablation=a))
+        # cheap and over every model trained so far (ablations may be added by a later run): always recomputed
+        (self.stages / "decoding.json").unlink(missing_ok=True)
         decoding = self._stage("decoding", lambda: self._decoding(list(trained)))
         best = self._stage("best", lambda: self._best(decoding, trained))
         int8 = None
