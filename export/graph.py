@@ -71,7 +71,7 @@ def _branch(m: nn.Module, hidden: torch.Tensor, b: int, input_ids: torch.Tensor,
     h = h.reshape(b, 5, h.shape[1], h.shape[2])
     memory = h[:, :, 1:].reshape(b, -1, h.shape[-1])  # patch tokens: global, then tiles TL TR BL BR
     _, text_tokens, mask = m.encode_text(input_ids, attention_mask)
-    return m.heads(m.pool(m.decode(memory, text_tokens), mask))
+    return m.classify(m.pool(m.decode(memory, text_tokens), mask), memory)
 
 
 SHARED_PREFIXES = ("image_encoder.",)

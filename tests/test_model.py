@@ -119,7 +119,13 @@ def test_edge_structure_on_meta_device():
     with torch.device("meta"):
         model = SyDES(presets.edge())
     sd = model.state_dict()
-    assert sd["heads.desire.proj2.mlp.3.weight"].shape == (7, 192)
+    # the heads see [decoder pooled 384, global-view summary 384] (edge's image_summary)
+    assert sd["image_summary.1.weight"].shape == (384, 768)
+    assert sd["heads.desire.proj1.mlp.0.weight"].shape == (768, 768)
+    assert sd["heads.desire.proj2.mlp.3.weight"].shape == (7, 384)
+    with torch.device("meta"):
+        plain = SyDES(presets.edge(image_summary=False)).state_dict()
+    assert plain["heads.desire.proj2.mlp.3.weight"].shape == (7, 192) and "image_summary.1.weight" not in plain
     assert sd["image_encoder.vision_model.embeddings.position_embeddings"].shape == (1, 257, 384)
     assert sd["text_decoder.text_projection"].shape == (384, 384)
     assert len(model.text_decoder.resblocks) == 4

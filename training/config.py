@@ -137,6 +137,9 @@ class SydesConfig:
     dropout: float = 0.1
     # Valid label combinations of the training data (sdk.labels.LabelStructure.to_dict()), or None.
     label_structure: dict[str, Any] | None = None
+    # Edge addition (not in the reference): the heads also see a summary of the global view's patch tokens
+    # (mean and max -> LayerNorm -> Linear -> GELU), concatenated to the decoder's pooled text feature.
+    image_summary: bool = False
     version: int = CONFIG_VERSION
 
     # ---- derived sizes --------------------------------------------------------------------------
@@ -264,6 +267,7 @@ class SydesConfig:
                 tokenizer=TokenizerSpec(**d.pop("tokenizer", {})),
                 dropout=float(d.pop("dropout", 0.1)),
                 label_structure=d.pop("label_structure", None),
+                image_summary=bool(d.pop("image_summary", False)),
             )
         except KeyError as e:
             raise ConfigError(f"SyDES config lacks the field {e.args[0]!r}") from None

@@ -104,14 +104,19 @@ class SyDES(nn.Module):
         self.multipool_proj = nn.Sequential(
             nn.LayerNorm(3 * out), nn.Linear(3 * out, out), nn.GELU(), nn.Dropout(config.dropout)
         )
-        self.heads = TaskHeads({t: TaskHead(out, len(labels), config.dropout) for t, labels in config.tasks.items()})
+        head_in = out
+        if config.image_summary:  # [mean, max] of the global view's patch tokens -> [B, O]
+            self.image_summary = nn.Sequential(nn.LayerNorm(2 * dv), nn.Linear(2 * dv, out), nn.GELU())
+            head_in = 2 * out
+        self.heads = TaskHeads({t: TaskHead(head_in, len(labels), config.dropout) for t, labels in config.tasks.items()})
         self.temperature = nn.Parameter(torch.tensor([1.0]))
         self.logit_scale = nn.Parameter(torch.tensor(1.0 / 0.07))
 
         nn.init.normal_(self.pool_attn_q, std=0.02)
         for m in (self.aggregator, self.text_to_latents, self.img_to_latents, self.ln1_post, self.ln2_post,
                   self.ln3_post, self.ln4_post, self.text_kv_proj, self.text_kv_ln, self.img_kv_proj,
-                  self.img_kv_ln, self.text2patch_attn, self.text_proj, self.multipool_proj, self.heads):
+                  self.img_kv_ln, self.text2patch_attn, self.text_proj, self.multipool_proj, self.heads,
+                  *([self.image_summary] if config.image_summary else [])):
             _xavier_init(m)
         for blk in (*self.text_decoder.resblocks, *self.text_decoder.cross_attn):
             _xavier_init(blk)
@@ -184,6 +189,14 @@ class SyDES(nn.Module):
         attn = (torch.softmax(scores, dim=-1) @ tokens).squeeze(1)
         return self.ln4_post(self.multipool_proj(torch.cat([mean, mx, attn], dim=-1)))
 
+    def classify(self, pooled: torch.Tensor, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        """pooled [B, O], memory [B, V*P, Dv] -> {task: logits [B, C]} (with the global-view summary where the
+        config has it: the first P memory tokens are the global view's patches)."""
+        if self.config.image_summary:
+            g = memory[:, : self.config.num_patches]  # [B, P, Dv] (1 token for the zero-image ablation)
+            pooled = torch.cat([pooled, self.image_summary(torch.cat([g.mean(dim=1), g.amax(dim=1)], dim=-1))], -1)
+        return self.heads(pooled)
+
     def views_from_inputs(
         self,
         global_pixels: torch.Tensor | None = None,
@@ -222,7 +235,7 @@ class SyDES(nn.Module):
             memory = self.encode_image(g, t)  # [B, 5P, Dv]
         _, text_tokens, mask = self.encode_text(input_ids, attention_mask)  # [B, L-1, Dt], [B, L-1]
         pooled = self.pool(self.decode(memory, text_tokens), mask)  # [B, O]
-        logits = self.heads(pooled)
+        logits = self.classify(pooled, memory)
         if return_probs:
             return {k: torch.softmax(v, dim=-1) for k, v in logits.items()}
         return logits
@@ -308,7 +321,7 @@ class SyDES(nn.Module):
         out["img_latents"] = self.img_to_latents(global_cls)
         out["text_latents"] = self.text_to_latents(text_cls)
         if need_logits:
-            out["logits"] = self.heads(self.pool(self.decode(memory, text_tokens, kpm), mask))
+            out["logits"] = self.classify(self.pool(self.decode(memory, text_tokens, kpm), mask), memory)
         return out
 
     def training_losses(

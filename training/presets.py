@@ -163,8 +163,12 @@ def edge(
     vision_pretrained: str | None = None,
     text_pretrained: str | None = None,
     max_length: int = 128,
+    image_summary: bool = True,
 ) -> SydesConfig:
     """DINOv2-S/14 + MiniLM-L6, one shared trunk with a head per task.
+
+    `image_summary`: the heads also see the global view's pooled patch tokens (an edge addition: on
+    msed-mini the decoder alone let the image add less than that plain summary does; docs/msed_report.md).
 
     Decoder: width 384 (it must equal the vision width), 4 layers, 6 heads (64-d heads like the
     reference's). Its cost is dominated by the K/V projections of the 5 x 256 = 1280 image tokens in
@@ -183,6 +187,7 @@ def edge(
         preprocess=preprocess_dict(IMAGENET_MEAN, IMAGENET_STD, 224, 448),
         tokenizer=TokenizerSpec("wordpiece", max_length),
         dropout=0.1,
+        image_summary=image_summary,
     ).validate()
 
 
