@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from calibration.data import Post, data_fingerprint
+from sdk.bundle import INPUT_NAMES  # noqa: E402,F401  (the one definition)
 from sdk.errors import ConfigError
-
-INPUT_NAMES = ("global_pixels", "canvas_pixels", "input_ids", "attention_mask")
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-
-INPUT_NAMES = ("global_pixels", "canvas_pixels", "input_ids", "attention_mask")
+from sdk.bundle import INPUT_NAMES  # noqa: E402,F401  (the one definition)
 
 
 class ExportGraph(nn.Module):

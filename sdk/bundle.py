@@ -19,6 +19,9 @@ from sdk.atomic import atomic_write_text
 from sdk.errors import BundleError, BundleIntegrityError, ConfigError
 
 SCHEMA = "sydes-bundle"
+# The graph's inputs, in the order of its signature (the one definition: export writes it, calibration feeds it,
+# the backends run it): uint8 global view [B,224,224,3], uint8 canvas [B,448,448,3], int64 ids / mask [B,L].
+INPUT_NAMES = ("global_pixels", "canvas_pixels", "input_ids", "attention_mask")
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")

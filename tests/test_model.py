@@ -445,3 +445,32 @@ def test_onnx_export_dynamic_batch_and_seq(tmp_path):
         want = Probs(model)(gp, cp, ids, mask)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-5)
+
+
+def test_image_summary_seam_and_effect():
+    """With image_summary the heads see the global view: cached features through the seam give the same
+    logits as pixels, and changing only the global view's features changes the answer."""
+    import dataclasses
+
+    cfg = dataclasses.replace(presets.tiny_vit_bert(), image_summary=True).validate()
+    torch.manual_seed(0)
+    model = SyDES(cfg).eval()
+    g = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
+    c = torch.randint(0, 256, (2, 448, 448, 3), dtype=torch.uint8)
+    ids = torch.randint(5, 100, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.int64)
+    with torch.no_grad():
+        a = model(ids, mask, global_pixels=g, canvas_pixels=c)
+        gv, tiles = model.tiler(g, c)
+        views = torch.cat([gv.unsqueeze(1), tiles], 1).flatten(0, 1)
+        feats = model.image_encoder(views).view(2, 5, *model.image_encoder(views).shape[1:])
+        b = model(ids, mask, image_features=feats)
+        other = feats.clone()
+        other[:, 0] += 1.0
+        d = model(ids, mask, image_features=other)
+    assert {t: v.shape[-1] for t, v in a.items()} == {"sentiment": 3, "emotion": 6, "desire": 7}
+    for t in a:
+        torch.testing.assert_close(a[t], b[t], atol=1e-5, rtol=0)
+    assert max(float((d[t] - b[t]).abs().max()) for t in a) > 1e-4
+    with pytest.raises(ConfigError, match="not both"):
+        model(ids, mask, global_pixels=g, canvas_pixels=c, image_features=feats)
