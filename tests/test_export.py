@@ -182,11 +182,14 @@ def test_cli_export_errors(work, tmp_path, capsys) -> None:
     from sdk.cli import main
 
     out = str(tmp_path / "x.sydes")
-    assert main(["export", str(work["ck"]), "-o", out, "--precision", "int4"]) == 1
-    assert "valid: fp32, fp16, int8" in capsys.readouterr().err
-    assert main(["export", str(work["ck"]), "-o", out, "--precision", "int8", "--calib", "generated",
-                 "--calib-method", "kl"]) == 1
-    assert "valid: minmax, entropy, percentile" in capsys.readouterr().err
+    # a value outside a set is argparse's usage error (exit 2) listing the valid ones
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(work["ck"]), "-o", out, "--precision", "int4"])
+    assert e.value.code == 2 and "choose from fp32, fp16, int8" in capsys.readouterr().err.replace("'", "")
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(work["ck"]), "-o", out, "--precision", "int8", "--calib", "generated",
+              "--calib-method", "kl"])
+    assert e.value.code == 2 and "choose from minmax, entropy, percentile" in capsys.readouterr().err.replace("'", "")
     assert main(["export", str(tmp_path / "nope"), "-o", out]) == 1
     assert "not a folder" in capsys.readouterr().err
     assert not Path(out).exists()
