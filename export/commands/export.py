@@ -6,8 +6,8 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from export.formats import PRECISIONS, TARGET_OPSET, TARGETS
     from calibration.methods import METHODS
+    from export.formats import PRECISIONS, TARGET_OPSET, TARGETS
     from export.pipeline import FORMATS
 
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
