@@ -14,6 +14,7 @@ a checkpoint's config.json and in a bundle's manifest.json as `to_dict()`.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,8 +103,12 @@ class LabelStructure:
         return cls(names, labels, tuple(combos), tuple(counts))
 
     # ---- decoding ---------------------------------------------------------------------------------
+    @functools.cached_property
+    def _combo_set(self) -> frozenset[tuple[int, ...]]:
+        return frozenset(self.combos)
+
     def contains(self, combo: Sequence[int]) -> bool:
-        return tuple(int(i) for i in combo) in set(self.combos)
+        return tuple(int(i) for i in combo) in self._combo_set
 
     def decode(self, probs: Mapping[str, np.ndarray], *, use_prior: bool = False) -> dict[str, np.ndarray]:
         """probs: {task: [B, C_t]} (every task of the table) -> {task: [B] label index} of the most probable
