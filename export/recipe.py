@@ -256,10 +256,11 @@ class Recipe:
 
         from training.checkpoints import load_model
         from training.data import PostDataset, make_loader
+        from training.runner import load_tokenizer
         from training.trainer import batch_logits
 
         model = load_model(checkpoint).eval()
-        tok = _tokenizer(model, checkpoint)
+        tok = load_tokenizer(model.config, checkpoint)
         ds: Any = PostDataset(records, tok, None, model.config.task_names, with_pixels=False)
         if getattr(model, "uses_images", True):
             from training.feature_cache import CachedFeatureDataset, FeatureCache, global_view_only
@@ -361,9 +362,3 @@ def _blank(records: Any) -> Any:
     from training.data import Records
 
     return Records([dataclasses.replace(e, text="") for e in records], list(records.skipped), records.source)
-
-
-def _tokenizer(model: Any, checkpoint: Path) -> Any:
-    from training.runner import load_tokenizer
-
-    return load_tokenizer(model.config, checkpoint)

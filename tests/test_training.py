@@ -217,7 +217,7 @@ def test_cache_option_errors():
 def test_reduced_ablation_memories_are_exact(which):
     """The report's global-only / text-only ablations run on 1-view memories; they must give the logits and
     latents of the 5-view memories they stand for (tiles = copies of the global view; all zeros)."""
-    from training.feature_cache import global_view_only, no_image_features, replay_encoder
+    from training.feature_cache import global_view_only, no_image_features
     from training.model import SyDES
     from training.presets import tiny_clip
 
@@ -233,11 +233,10 @@ def test_reduced_ablation_memories_are_exact(which):
     ids[:, -1] = 49407
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
-    views = {"global_view": torch.zeros(b, 3, 1, 1), "tiles": torch.zeros(b, 4, 3, 1, 1)}
     outs = []
-    for feats in (full, short):
-        with torch.no_grad(), replay_encoder(model, feats):
-            outs.append(model.forward_train(ids, mask, stage="finetune", **views))
+    for feats in (full, short):  # cached features go in through the model's seam
+        with torch.no_grad():
+            outs.append(model.forward_train(ids, mask, stage="finetune", image_features=feats))
     for t in outs[0]["logits"]:
         torch.testing.assert_close(outs[1]["logits"][t], outs[0]["logits"][t], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs[1]["img_latents"], outs[0]["img_latents"], atol=1e-6, rtol=1e-6)

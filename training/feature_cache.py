@@ -223,18 +223,6 @@ def no_image_features(f: torch.Tensor) -> torch.Tensor:
     return f.new_zeros((1, 2, f.shape[-1]))
 
 
-class _Replay(torch.nn.Module):
-    """Stands in for the image encoder: returns the cached outputs [B*V, T, D] whatever views it gets (V = 5,
-    or 1 for the reduced ablation memories above)."""
-
-    def __init__(self, feats: torch.Tensor) -> None:
-        super().__init__()
-        self.feats = feats
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        return self.feats.flatten(0, 1).to(views.dtype if views.is_floating_point() else self.feats.dtype)
-
-
 @contextlib.contextmanager
 def _swapped(model: torch.nn.Module, name: str, stand_in: torch.nn.Module) -> Iterator[None]:
     """Within the block, submodule `name` of `model` is `stand_in` (the original is put back on exit)."""
@@ -244,17 +232,6 @@ def _swapped(model: torch.nn.Module, name: str, stand_in: torch.nn.Module) -> It
         yield
     finally:
         model._modules[name] = original
-
-@contextlib.contextmanager
-def replay_encoder(model: torch.nn.Module, feats: torch.Tensor) -> Iterator[None]:
-    """Within the block, `model.image_encoder(views)` returns `feats` [B, 5, T, D] (flattened to [B*5, T, D]).
-
-    The model computes everything after the encoder (ln1_post, decoder, pooling, heads, latents) as usual,
-    so the logits are those of the uncached path. Swapping the submodule keeps training.model untouched.
-    """
-    with _swapped(model, "image_encoder", _Replay(feats)):
-        yield
-
 
 # ---- frozen text encoder (report recipe): its outputs computed once, in memory -------------------------
 @torch.no_grad()

@@ -140,11 +140,15 @@ class SyDES(nn.Module):
         b, _, _, d = hidden.shape
         return hidden[:, :, 1:].reshape(b, -1, d)
 
-    def memory_from_features(self, features: torch.Tensor) -> torch.Tensor:
+    def hidden_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """The seam for cached image-encoder outputs: features [B, V, 1+P, Dv] (before ln1_post, V = 5 or the
-        1-view ablations of training.feature_cache) -> decoder memory [B, V*P, Dv], as encode_image."""
+        1-view ablations of training.feature_cache) -> ln1_post(features), as encode_views returns."""
+        return self.ln1_post(features.to(self.ln1_post.weight.dtype))
+
+    def memory_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, V, 1+P, Dv] -> decoder memory [B, V*P, Dv] (patch tokens), as encode_image."""
         b, _, _, d = features.shape
-        return self.ln1_post(features.to(self.ln1_post.weight.dtype))[:, :, 1:].reshape(b, -1, d)
+        return self.hidden_from_features(features)[:, :, 1:].reshape(b, -1, d)
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -312,10 +316,8 @@ class SyDES(nn.Module):
             pred, align = self.image_decoder(hidden_t, kv, ids_restore)
             out.update(recon_pred=pred, recon_mask=masks, dec_latents=self.aggregator(align.view(b, 4, -1)))
         else:
-            if features is not None:
-                hidden = self.ln1_post(features.to(self.ln1_post.weight.dtype))  # [B, V, 1+P, Dv]
-            else:
-                hidden = self.encode_views(g, t)  # [B, 5, 1+P, Dv]
+            # [B, V, 1+P, Dv]: cached features through the seam, or the encoder on the 5 views
+            hidden = self.hidden_from_features(features) if features is not None else self.encode_views(g, t)
             global_cls = hidden[:, 0, 0]
             memory = hidden[:, :, 1:].reshape(b, -1, hidden.shape[-1])  # [B, 5P, Dv], global view first
         out["img_latents"] = self.img_to_latents(global_cls)
