@@ -8,9 +8,11 @@ that was interrupted continues from its own `last/` checkpoint):
     baseline  the text-only model (same text encoder, mean pooling + a linear layer per task)
     features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
     model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
-    <ablation> optional variants of the preset (global view only, empty captions)
+    <variant> optional candidates for best: warm-text (the preset's text encoder starts from the baseline's)
+    <ablation> optional diagnostics of the preset (global view only, empty captions)
     decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
-    best      RUN/best/: the selected checkpoint with its label structure and a model card
+    best      RUN/best/: the candidate (model or a variant) best on the selection slice, with its label
+              structure and a model card
     int8      RUN/int8.sydes exported from RUN/best and scored on dev through sdk.Analyzer
     report    RUN/report.json and RUN/report.md (every figure on dev, the split nothing was selected on)
 """
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 
 RECIPE_PRESETS = ("edge", "text-only", "tiny_vit_bert")
 ABLATIONS = ("global-only", "image-only")
+# Candidates for RUN/best besides the preset trained from the pretrained encoders. warm-text: the text
+# encoder starts from the fine-tuned baseline's, so the fused model does not have to relearn from the
+# image path what the text alone already gives (multimodal models under-train their stronger modality).
+VARIANTS = ("warm-text",)
 BASELINE = "text-only"
 # Learning rates by parameter group. The text encoder is trained at the rate that fine-tunes MiniLM well
 # on its own; the freshly initialised decoder / pooling / heads learn faster. SYDES.md's fine-tune rates
@@ -54,6 +60,7 @@ class RecipeOptions:
     seed: int = 0
     baseline: bool = True
     ablations: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
     int8: bool = True
     int8_calib_samples: int = 256
     device: str = "auto"
@@ -68,8 +75,13 @@ class RecipeOptions:
         bad = [a for a in self.ablations if a not in ABLATIONS]
         if bad:
             raise ConfigError(f"unknown ablation(s) {bad}; valid: {', '.join(ABLATIONS)}")
-        if self.ablations and self.preset == BASELINE:
-            raise ConfigError("the ablations vary the image path: they need an image preset, not text-only")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
+        if (self.ablations or self.variants) and self.preset == BASELINE:
+            raise ConfigError("ablations and variants change the image model: they need an image preset, not text-only")
+        if self.variants and not self.baseline:
+            raise ConfigError("the warm-text variant starts from the baseline: it needs the baseline stage")
         if not 0.0 < self.select_fraction < 0.5:
             raise ConfigError(f"select_fraction must be in (0, 0.5), got {self.select_fraction}")
         for name in ("epochs", "baseline_epochs", "batch_size"):
@@ -116,7 +128,7 @@ class Recipe:
             theirs = json.loads(f.read_text())
             theirs.pop("progress", None)
             # ablations and the INT8 check add stages; they change nothing that is already done
-            additive = ("int8", "ablations")
+            additive = ("int8", "ablations", "variants")
             changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k not in additive)
             if changed:
                 raise ConfigError(f"{self.out} holds a recipe run with other options ({', '.join(changed)}); "
@@ -178,8 +190,9 @@ class Recipe:
         return self._done("data")["label_structure"]
 
     # ---- models ---------------------------------------------------------------------------------
-    def _build(self, family: str) -> tuple[Any, Any]:
-        """A fresh model of `family` (the preset or the baseline) with the label structure, and its tokenizer."""
+    def _build(self, family: str, variant: str | None = None) -> tuple[Any, Any]:
+        """A fresh model of `family` (the preset or the baseline) with the label structure, and its tokenizer;
+        `variant="warm-text"`: the text encoder loaded from the baseline's selected checkpoint."""
         import torch
 
         from training.runner import build_model, load_tokenizer
@@ -200,6 +213,11 @@ class Recipe:
                 model.text_encoder.load_state_dict(ref.text_encoder.state_dict())
         else:
             model, _ = build_model(preset=self.opts.preset, tasks=list(self._tasks()))
+            if variant == "warm-text":
+                from training.checkpoints import load_model
+
+                base = load_model(self.out / "baseline" / "best")
+                model.text_encoder.load_state_dict(base.text_encoder.state_dict())
         model.config.label_structure = self._structure()
         return model, load_tokenizer(model.config)
 
@@ -222,13 +240,14 @@ class Recipe:
         return {"computed": n, "reused": cache.hits, "images": len(fit) + len(select) + len(dev),
                 "dtype": "float16", "cache": self._cache_dir()}
 
-    def _train(self, name: str, family: str, ablation: str | None = None) -> dict[str, Any]:
+    def _train(self, name: str, family: str, ablation: str | None = None, variant: str | None = None
+               ) -> dict[str, Any]:
         from training.trainer import Trainer, TrainOptions
 
         fit, select, dev = self._records()
         if ablation == "image-only":
             fit, select, dev = (_blank(r) for r in (fit, select, dev))
-        model, tok = self._build(family)
+        model, tok = self._build(family, variant)
         uses_images = getattr(model, "uses_images", True)
         baseline = family == BASELINE
         opts = TrainOptions(
@@ -286,7 +305,7 @@ class Recipe:
         from training.checkpoints import set_label_structure
         from training.recipe_report import write_model_card
 
-        name = "model" if self.opts.preset != BASELINE else "baseline"
+        name = self._best_candidate(decoding)
         src = Path(trained[name]["checkpoint"])
         choice = decoding["models"][name]["chosen"]
         dst = self.out / "best"
@@ -298,7 +317,15 @@ class Recipe:
         write_model_card(tmp, cfg, decoding["models"][name], self._done("data"), self.data)
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
-        return {"checkpoint": str(dst), "from": str(src), "decoding": choice}
+        return {"checkpoint": str(dst), "from": str(src), "candidate": name, "decoding": choice}
+
+    def _best_candidate(self, decoding: dict[str, Any]) -> str:
+        """The model or variant whose chosen decoding scores best on the selection slice (never dev)."""
+        if self.opts.preset == BASELINE:
+            return "baseline"
+        models = decoding["models"]
+        names = ["model", *(v for v in self.opts.variants if v in models)]
+        return max(names, key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
 
     def _int8(self) -> dict[str, Any]:
         from export.pipeline import ExportOptions, export_checkpoints
@@ -325,11 +352,18 @@ class Recipe:
         if image_preset:
             self._stage("features", self._features)
             trained["model"] = self._stage("model", lambda: self._train("model", o.preset))
+        for v in o.variants:
+            trained[v] = self._stage(v, lambda v=v: self._train(v, o.preset, variant=v))
         for a in o.ablations:
             trained[a] = self._stage(a, lambda a=a: self._train(a, o.preset, ablation=a))
-        # cheap and over every model trained so far (ablations may be added by a later run): always recomputed
+        # cheap and over every model trained so far (ablations may be added by a later run): always recomputed,
+        # and so are best and int8 when the candidate they came from is no longer the best one
         (self.stages / "decoding.json").unlink(missing_ok=True)
         decoding = self._stage("decoding", lambda: self._decoding(list(trained)))
+        done_best = self._done("best")
+        if done_best is not None and done_best.get("candidate", "model") != self._best_candidate(decoding):
+            for stale in ("best", "int8"):
+                (self.stages / f"{stale}.json").unlink(missing_ok=True)
         best = self._stage("best", lambda: self._best(decoding, trained))
         int8 = None
         if o.int8 and image_preset:  # the text-only family has no exporter yet (see README)

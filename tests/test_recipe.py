@@ -34,8 +34,9 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
-                         int8_calib_samples=16)
-    report = Recipe(data, run, opts).run()
+                         int8_calib_samples=16, variants=("warm-text",))
+    recipe = Recipe(data, run, opts)
+    report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
               "best/tokenizer.json", "int8.sydes/manifest.json"):
         assert (run / f).is_file(), f
@@ -52,6 +53,15 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
         dev = report["decoding"][name]["dev"]
         assert dev["joint"]["contradictions"] == dev["joint+prior"]["contradictions"] == 0
     assert report["int8"]["modes"]["joint"]["contradictions"] == 0
+    # the variant is a candidate for best, chosen on the selection slice; it starts from the baseline's encoder
+    models = report["decoding"]
+    best = max(("model", "warm-text"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
+    assert report["best"]["candidate"] == best and "candidate best on the selection slice" in md
+    from training.checkpoints import load_model
+
+    warm, _ = recipe._build("tiny_vit_bert", "warm-text")
+    base = load_model(run / "baseline" / "best").text_encoder.state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in warm.text_encoder.state_dict().items())
     # resume: every stage is done, nothing is retrained
     mtime = (run / "model" / "best" / "model.safetensors").stat().st_mtime
     Recipe(data, run, opts).run()
@@ -65,6 +75,12 @@ def test_recipe_options_are_checked() -> None:
         RecipeOptions(preset="huge").validate()
     with pytest.raises(ConfigError, match="unknown ablation"):
         RecipeOptions(ablations=("no-text",)).validate()
+    with pytest.raises(ConfigError, match="unknown variant"):
+        RecipeOptions(variants=("cold",)).validate()
+    with pytest.raises(ConfigError, match="needs the baseline"):
+        RecipeOptions(variants=("warm-text",), baseline=False).validate()
+    with pytest.raises(ConfigError, match="need an image preset"):
+        RecipeOptions(preset="text-only", variants=("warm-text",)).validate()
     with pytest.raises(ConfigError, match="select_fraction"):
         RecipeOptions(select_fraction=0.7).validate()
 

@@ -109,7 +109,9 @@ def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, 
         label = {"baseline": "text-only (baseline)", "model": opts.preset}.get(name, f"{opts.preset}: {name}")
         lines.append(_row(f"{label}, {mode}", d["dev"][mode], tasks,
                           f" {t['cost']['gflop_per_post']} | {t['cost']['params_m']} | {epochs} |"))
-    lines += ["", "## Decoding (dev)", "", "| model | decoding | " + " | ".join(tasks) +
+    sel = ", ".join(f"{n} {d['select'][d['chosen']]['mean_macro_f1']:.1f}" for n, d in decoding.items())
+    lines += ["", f"RUN/best is **{best.get('candidate', 'model')}** ({best['decoding']}), the candidate best on the "
+              f"selection slice (mean macro-F1 there: {sel}).", "", "## Decoding (dev)", "", "| model | decoding | " + " | ".join(tasks) +
               " | mean | contradicting answers |", "|" + "---|" * (len(tasks) + 4)]
     for name, d in decoding.items():
         for m in MODES:
@@ -121,7 +123,7 @@ def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, 
                   f"`{int8['bundle']}`: decoding {int8['decoding']}, {int8['ms_per_post']} ms/post end to end "
                   f"(decode + preprocess + model), export {int8['export_seconds']} s.", "",
                   "| decoding | " + " | ".join(f"{t} (drop)" for t in tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
-        fp32 = decoding["model"]["dev"]
+        fp32 = decoding[best.get("candidate", "model")]["dev"]
         for m, s in int8["modes"].items():
             lines.append(f"| {m} | " + " | ".join(f"{s[t]['macro_f1']:.1f} ({fp32[m][t]['macro_f1'] - s[t]['macro_f1']:+.1f})"
                                                    for t in tasks) + f" | {s['mean_macro_f1']:.1f} |")

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_arguments(p: argparse.ArgumentParser) -> None:
-    from export.recipe import ABLATIONS, RECIPE_PRESETS
+    from export.recipe import ABLATIONS, RECIPE_PRESETS, VARIANTS
 
     p.add_argument("--preset", required=True, choices=RECIPE_PRESETS)
     p.add_argument("--data", required=True, metavar="DIR", help="MSED-layout folder with train/ and dev/")
@@ -46,7 +46,8 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=2, help="evals without improvement before stopping (default 2)")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
     p.add_argument("--select-fraction", type=float, default=0.15, help="share of train held out for selection")
-    p.add_argument("--ablations", default="", help=f"comma-separated extra variants: {', '.join(ABLATIONS)}")
+    p.add_argument("--variants", default="", help=f"comma-separated extra candidates for best: {', '.join(VARIANTS)}")
+    p.add_argument("--ablations", default="", help=f"comma-separated diagnostics: {', '.join(ABLATIONS)}")
     p.add_argument("--no-baseline", action="store_true", help="do not train the text-only baseline")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 bundle and its dev score")
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +62,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     opts = RecipeOptions(preset=args.preset, epochs=args.epochs, baseline_epochs=args.baseline_epochs,
                          patience=args.patience, batch_size=args.batch_size, select_fraction=args.select_fraction,
                          seed=args.seed, baseline=not args.no_baseline, int8=not args.no_int8,
-                         ablations=tuple(a.strip() for a in args.ablations.split(",") if a.strip()),
+                         ablations=_names(args.ablations), variants=_names(args.variants),
                          device=args.device, progress=not args.no_progress, limit=args.limit)
     Recipe(args.data, args.output, opts).run()
     print((Path(args.output) / "report.md").read_text(encoding="utf-8"))
@@ -76,3 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from training.commands import train as stage_command
 
     return stage_command.run(args)
+
+
+def _names(csv: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in csv.split(",") if a.strip())
