@@ -22,10 +22,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
-def cache_root() -> Path:
-    """$SYDES_CACHE_DIR, else $XDG_CACHE_HOME/sydes, else ~/.cache/sydes."""
-    env = os.environ.get("SYDES_CACHE_DIR")
-    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sydes"
+from sdk.cache import cache_root  # noqa: E402  (the one definition)
 
 
 def default_cache_dir() -> Path:

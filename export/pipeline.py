@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from export.errors import ExportError, ExportValidationError
+from export.checks import (
+    check_branches,
+    check_fp32,
+    check_with_analyzer,
+    checkpoint_record,
+    label_structure,
+    package_versions,
+    tensor_specs,
+)
+from export.errors import ExportError
 from export.formats import TARGET_OPSET, ConvertContext, check_target, get_precision
 from sdk.bundle import sha256_file
 from sdk.errors import BackendUnavailableError, ConfigError
@@ -61,6 +68,7 @@ class ExportOptions:
     fusions: bool = False          # onnxruntime-only contrib fusions (cpu target; not portable)
     check_analyzer: bool = True
     max_batch: int = 32            # TensorRT profile
+    openvino_quant: dict[str, Any] | None = None  # --target openvino INT8: overrides of export.openvino.QUANT_OPTIONS
     progress: bool = True          # a tqdm line naming the running stage
 
 
@@ -73,8 +81,10 @@ class ExportReport:
     def summary(self) -> str:
         m = self.manifest
         v = m["validation"]
+        g = m["graphs"]["model"]
         lines = [f"bundle {self.bundle} ({m['precision']}, tasks: {', '.join(m['tasks'])})",
-                 f"  graph {m['graphs']['model']['bytes'] / 1e6:.1f} MB, sha256 {m['graphs']['model']['sha256'][:16]}",
+                 f"  graph {(g['bytes'] + g.get('weights', {}).get('bytes', 0)) / 1e6:.1f} MB "
+                 f"({g.get('format', 'onnx')}), sha256 {g['sha256'][:16]}",
                  "  vs torch: max |dp| " + ", ".join(f"{t} {x:.2e}" for t, x in v["max_abs_diff"].items())
                  + "; top-1 agreement " + ", ".join(f"{t} {x:.3f}" for t, x in v["agreement"].items())]
         rep = m.get("calibration_report")
@@ -89,31 +99,6 @@ class ExportReport:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-def package_versions() -> dict[str, str]:
-    out = {}
-    for dist in ("sydes-edge", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy",
-                 "tokenizers"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def _tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    import onnx
-
-    elem = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
-    model = onnx.load(str(path), load_external_data=False)
-
-    def spec(vi: Any) -> dict[str, Any]:
-        t = vi.type.tensor_type
-        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
-        return {"name": vi.name, "dtype": elem.get(t.elem_type, str(t.elem_type)), "shape": shape}
-
-    return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
-
-
 class _Stopwatch:
     """Seconds per export stage; with `progress`, a tqdm line naming the running stage."""
 
@@ -168,6 +153,13 @@ def check_options(opts: ExportOptions) -> ExportOptions:
     if opts.precision == "int8" and not opts.calib:
         raise ConfigError("INT8 export needs calibration data: --calib DATA (an MSED folder, a JSONL/CSV "
                           "of posts, or a folder of images; 'generated' uses synthetic posts)")
+    if opts.target == "openvino":
+        if opts.format != "onnx":
+            raise ConfigError("--target openvino writes an OpenVINO IR bundle: --format tensorrt does not apply")
+        if importlib.util.find_spec("openvino") is None:
+            raise ConfigError("--target openvino needs OpenVINO: pip install \"sydes-edge[openvino]\"")
+        if opts.precision == "int8" and importlib.util.find_spec("nncf") is None:
+            raise ConfigError("INT8 for --target openvino needs NNCF: pip install \"sydes-edge[openvino]\"")
     if opts.format == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         raise BackendUnavailableError("--format tensorrt needs TensorRT 10 on this machine (`pip install "
                                       "tensorrt`, or the one JetPack ships); export an ONNX bundle here "
@@ -237,7 +229,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
         with sw("torch_reference"):
             ref = torch_probs(graph, feeds)
             if graph.shared:  # the shared-encoder graph must answer as each model does on its own
-                _check_branches(graph, feeds, ref)
+                check_branches(graph, feeds, ref)
         raw = tmp / "raw.onnx"
         root = Path(opts.cache_dir) if opts.cache_dir else cache_root()
         with sw("onnx_export"):
@@ -245,7 +237,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
                                               cache_dir=root / "graphs" if opts.graph_cache else None)
         with sw("verify"):
             raw_cmp = compare(ref, onnx_probs(raw, feeds, graph.tasks))
-        _check_fp32(raw_cmp, opts.tolerance, "the exported ONNX graph")
+        check_fp32(raw_cmp, opts.tolerance, "the exported ONNX graph")
 
         with sw("optimise"):
             opt = tmp / "optimised.onnx"
@@ -264,22 +256,29 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
                         fused = {}
             opt_info["fusions"] = fused
             opt_cmp = compare(ref, onnx_probs(opt, feeds, graph.tasks))
-        _check_fp32(opt_cmp, opts.tolerance, "the optimised graph")
+        check_fp32(opt_cmp, opts.tolerance, "the optimised graph")
 
         calib_posts, held_posts, calib_desc = [], [], None
         if opts.calib:
             calib_posts, held_posts, calib_desc = _calibration_posts(opts, graph.labels)
         reader = (SydesCalibrationReader(calib_posts, pcfg, tokenizer, batch_size=1, trim="dataset")
                   if calib_posts else None)
-        final = tmp / "model.onnx"
+        ir = opts.target == "openvino"  # an OpenVINO IR (model.xml + model.bin) instead of model.onnx
+        final = tmp / ("model.xml" if ir else "model.onnx")
         with sw("convert_" + opts.precision):
-            info = get_precision(opts.precision).convert(ConvertContext(
-                src=opt, dst=final, work_dir=tmp, target=opts.target, calib_reader=reader,
-                calib_method=opts.calib_method, calib_cache=CalibrationCache(root / "calibration")))
+            ctx = ConvertContext(src=opt, dst=final, work_dir=tmp, target=opts.target, calib_reader=reader,
+                                 calib_method=opts.calib_method, calib_cache=CalibrationCache(root / "calibration"),
+                                 options={"openvino_quant": opts.openvino_quant} if ir else {})
+            if ir:
+                from export.openvino import convert as to_openvino
+
+                info = to_openvino(ctx, opts.precision)
+            else:
+                info = get_precision(opts.precision).convert(ctx)
         with sw("verify"):
             final_cmp = compare(ref, onnx_probs(final, feeds, graph.tasks))
         if opts.precision == "fp32":
-            _check_fp32(final_cmp, opts.tolerance, "the final FP32 graph")
+            check_fp32(final_cmp, opts.tolerance, "the final FP32 graph")
 
         calib_report = None
         if opts.precision != "fp32" and held_posts:
@@ -297,7 +296,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
             calib_report["calibration"] = info["calibration"]
 
         name = opts.name or output.name.removesuffix(".sydes")
-        inputs, outputs = _tensor_specs(final)
+        inputs, outputs = tensor_specs(opt)  # the final graph has the optimised graph's inputs and outputs
         provenance: dict[str, Any] = {
             "checkpoints": list(checkpoints), "packages": package_versions(), "opset": opts.opset,
             "exporter": "torch.onnx.export(dynamo=True)", "target": opts.target,
@@ -316,10 +315,14 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
             else None,
         }
         with sw("write_bundle"), atomic_directory(output, overwrite=opts.overwrite) as folder:
-            shutil.copyfile(final, folder / "model.onnx")
+            shutil.copyfile(final, folder / final.name)
+            if ir:
+                shutil.copyfile(final.with_suffix(".bin"), folder / "model.bin")
             shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
             (folder / "engines").mkdir()
-            graph_rec = file_record(folder, "model.onnx")
+            graph_rec = file_record(folder, final.name)
+            if ir:
+                graph_rec.update(format="openvino", weights=file_record(folder, "model.bin"))
             tok_rec = file_record(folder, "tokenizer.json")
             manifest = {
                 "schema": "sydes-bundle", "schema_version": 1, "name": name,
@@ -335,13 +338,14 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
                 "calibration_report": calib_report,
                 "engines": "engines/",
             }
-            structure = _label_structure(models, graph.labels)
+            structure = label_structure(models, graph.labels)
             if structure is not None:
                 manifest["label_structure"] = structure
             write_manifest(folder, json.loads(json.dumps(manifest)))  # plain JSON types only
             if opts.check_analyzer:
-                validation["analyzer"] = _check_with_analyzer(
-                    folder, graph, pcfg, tokenizer, opts.tolerance if opts.precision == "fp32" else None)
+                validation["analyzer"] = check_with_analyzer(
+                    folder, graph, pcfg, tokenizer, opts.tolerance if opts.precision == "fp32" else None,
+                    backend="openvino" if ir else "onnxruntime")
                 write_manifest(folder, json.loads(json.dumps(manifest)))
     if opts.format == "tensorrt":
         with sw("tensorrt_engine"):
@@ -350,88 +354,6 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
             build_bundle_engine(output, max_batch=opts.max_batch)
     sw.close()
     return ExportReport(bundle=output, manifest=manifest, seconds=sw.seconds)
-
-
-def _check_branches(graph: Any, feeds: list[dict[str, np.ndarray]], ref: dict[str, np.ndarray]) -> None:
-    import torch
-
-    from export.graph import INPUT_NAMES
-
-    with torch.no_grad():
-        for m in graph.models:
-            own: dict[str, list[np.ndarray]] = {t: [] for t in m.config.tasks}
-            for feed in feeds:
-                ids, mask, g, c = (torch.as_tensor(feed[n]) for n in
-                                   (INPUT_NAMES[2], INPUT_NAMES[3], INPUT_NAMES[0], INPUT_NAMES[1]))
-                for t, p in m.forward_probs(ids, mask, global_pixels=g, canvas_pixels=c).items():
-                    own[t].append(p.numpy())
-            for t, parts in own.items():
-                d = float(np.max(np.abs(np.concatenate(parts) - ref[t])))
-                if d > 1e-5:
-                    raise ExportError(f"the shared-encoder graph's {t!r} branch differs from its own model by "
-                                      f"{d:.2e} (> 1e-5): the model's image path is not the shared one")
-
-
-def _check_fp32(cmp: dict[str, Any], tolerance: float, what: str) -> None:
-    worst = max(cmp["max_abs_diff"].values())
-    if worst > tolerance:
-        figures = ", ".join(f"{t}: {d:.3e}" for t, d in cmp["max_abs_diff"].items())
-        raise ExportValidationError(
-            f"{what} does not reproduce the torch model: max |probability difference| per task {figures} "
-            f"exceeds the tolerance {tolerance:g} ({cmp['samples']} verification posts)",
-            {"max_abs_diff": cmp["max_abs_diff"], "tolerance": tolerance})
-
-
-def _check_with_analyzer(folder: Path, graph: Any, pcfg: Any, tokenizer: Any, tolerance: float | None,
-                         ) -> dict[str, Any]:
-    """Open the written bundle as a user would (sdk.Analyzer: manifest validation, sha256 checks, its own
-    preprocessing and tokenisation) and compare one post's probabilities with the torch model's.
-    With `tolerance` (FP32) a larger difference is an ExportValidationError."""
-    from calibration.data import generated_posts
-    from calibration.reader import SydesCalibrationReader
-    from export.verify import CAPTIONS, torch_probs
-    from sdk.analyzer import Analyzer
-
-    post = generated_posts(1, seed=4321)[0]
-    post.text = CAPTIONS[2]
-    ref = torch_probs(graph, [SydesCalibrationReader([post], pcfg, tokenizer).feed([post])])
-    with Analyzer(folder, backend="onnxruntime", device="cpu", warmup=False, fast_decode=False) as a:
-        backend = a.info.backend
-        res = a.analyze(post.image, post.text)
-    if not res.ok:
-        raise ExportError(f"the written bundle does not run in sdk.Analyzer: {res.error}")
-    diff = {}
-    for t in graph.tasks:
-        got = np.array([res.tasks[t].probs[label] for label in graph.labels[t]], dtype=np.float64)
-        diff[t] = float(np.max(np.abs(got - ref[t][0])))
-    if tolerance is not None and max(diff.values()) > tolerance:
-        raise ExportValidationError(
-            f"sdk.Analyzer on the written bundle disagrees with the torch model: max |dp| "
-            f"{', '.join(f'{t}: {d:.3e}' for t, d in diff.items())} exceeds {tolerance:g}",
-            {"max_abs_diff": diff, "tolerance": tolerance})
-    return {"backend": backend, "max_abs_diff": diff}
-
-
-def _label_structure(models: Sequence[Any], labels: dict[str, Any]) -> dict[str, Any] | None:
-    """The one label-structure table of the model(s) (sdk.labels), when they carry one and agree."""
-    tables = [m.config.label_structure for m in models if getattr(m.config, "label_structure", None)]
-    if not tables:
-        return None
-    if any(t != tables[0] for t in tables[1:]):
-        raise ExportError("checkpoints exported together carry different label-structure tables")
-    from sdk.labels import structure_or_none
-
-    return tables[0] if structure_or_none(tables[0], labels) is not None else None
-
-
-def checkpoint_record(path: Path) -> dict[str, Any]:
-    """Provenance of one checkpoint folder: path, sha256 of its weights and of its config."""
-    rec = {"path": str(path)}
-    for key, fname in (("sha256", "model.safetensors"), ("config_sha256", "config.json")):
-        f = path / fname
-        if f.is_file():
-            rec[key] = sha256_file(f)
-    return rec
 
 
 def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,

@@ -25,6 +25,8 @@ INPUT_NAMES = ("global_pixels", "canvas_pixels", "input_ids", "attention_mask")
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+# Graph formats: "onnx" (one .onnx file), "openvino" (IR: the .xml topology plus its "weights" .bin, both hashed)
+GRAPH_FORMATS = ("onnx", "openvino")
 TOKENIZER_KINDS = ("clip", "wordpiece")
 DTYPES = ("uint8", "int8", "int32", "int64", "float16", "float32", "bool")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -225,6 +227,14 @@ def validate_manifest(d: Any) -> Manifest:
         w = f"graphs.{gname}"
         file = _relfile(_need(g, "file", w, str), f"{w}.file")
         nbytes = _need(g, "bytes", w, int)
+        fmt = g.get("format", "onnx")
+        if fmt not in GRAPH_FORMATS:
+            raise BundleError(f"manifest field '{w}.format' is {fmt!r}; valid: {', '.join(GRAPH_FORMATS)}")
+        if fmt == "openvino":
+            weights = _need(g, "weights", w, dict)
+            _relfile(_need(weights, "file", f"{w}.weights", str), f"{w}.weights.file")
+            _sha(weights, f"{w}.weights")
+            _need(weights, "bytes", f"{w}.weights", int)
         graphs[gname] = GraphSpec(
             file=file, sha256=_sha(g, w), bytes=nbytes,
             inputs=_tensors(_need(g, "inputs", w, list), f"{w}.inputs"),
@@ -290,6 +300,8 @@ def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> 
 # --- reading ------------------------------------------------------------------------------------------
 def _verify_files(folder: Path, m: Manifest, use_cache: bool = True) -> None:
     entries = [(f"graphs.{n}", g.file, g.sha256, g.bytes) for n, g in m.graphs.items()]
+    entries += [(f"graphs.{n}.weights", w["file"], w["sha256"], w["bytes"]) for n, g in m.graphs.items()
+                if isinstance(w := g.extra.get("weights"), dict)]
     entries.append(("tokenizer", m.tokenizer.file, m.tokenizer.sha256, None))
     for where, rel, expected, nbytes in entries:
         path = folder / rel
@@ -324,6 +336,11 @@ class Bundle:
     @property
     def precision(self) -> str:
         return self.manifest.precision
+
+    @property
+    def graph_format(self) -> str:
+        """Format of the main graph: "onnx" (model.onnx) or "openvino" (OpenVINO IR: model.xml + model.bin)."""
+        return str(self.manifest.graph.extra.get("format", "onnx"))
 
     def graph_path(self, graph: str = "model") -> Path:
         if graph not in self.manifest.graphs:

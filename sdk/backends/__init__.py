@@ -1,7 +1,11 @@
 """Backend registry and selection: the fastest backend that really runs, never a silent fallback.
 
 Order of preference for `backend="auto"`: native TensorRT -> onnxruntime (TensorRT / CUDA execution
-providers, then CPU). Each backend lives in its own module, imported only when considered.
+providers, then CPU) -> OpenVINO, among the backends that can load the bundle's graph format on the device:
+an ONNX bundle runs on onnxruntime on a CPU (its INT8 graphs use onnxruntime's own fused ops, and its FP32
+graph measured within a few percent on both runtimes; README "CPU inference"), an OpenVINO bundle
+(`sydes export --target openvino`) runs on OpenVINO. Each backend lives in its own module, imported only
+when considered.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ log = logging.getLogger("sdk.backends")
 BACKENDS: dict[str, str] = {
     "tensorrt": "sdk.backends.tensorrt:TensorRTBackend",
     "onnxruntime": "sdk.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "sdk.backends.openvino:OpenVINOBackend",
 }
 
 __all__ = ["BACKENDS", "Backend", "Device", "backend_class", "create_backend"]
@@ -35,6 +40,17 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
+def mismatch(cls: type[Backend], bundle: Bundle, dev: Device) -> str | None:
+    """Why `cls` cannot take this bundle on this device (graph format, device kind), or None. No imports."""
+    fmt = bundle.graph_format
+    if fmt not in cls.graph_formats:
+        return (f"it loads {'/'.join(cls.graph_formats)} graphs and this bundle holds a {fmt} graph "
+                f"(exported with --target {bundle.manifest.provenance.get('target', '?')})")
+    if dev.kind not in cls.devices:
+        return f"it runs on {', '.join(repr(d) for d in cls.devices)}, not on {str(dev)!r}"
+    return None
+
+
 def create_backend(bundle: Bundle, device: str | Device = "auto", backend: str = "auto",
                    **kwargs: Any) -> Backend:
     """Pick, build and load a backend. Explicit choices that cannot run raise BackendUnavailableError."""
@@ -43,7 +59,7 @@ def create_backend(bundle: Bundle, device: str | Device = "auto", backend: str =
         raise ConfigError(f"backend must be a string, got {type(backend).__name__}")
     if backend != "auto":
         cls = backend_class(backend)
-        reason = cls.probe(dev)
+        reason = mismatch(cls, bundle, dev) or cls.probe(dev)
         if reason:
             raise BackendUnavailableError(f"backend {backend!r} cannot run on device '{dev}': {reason}")
         inst = cls(bundle, dev, **kwargs)
@@ -54,7 +70,7 @@ def create_backend(bundle: Bundle, device: str | Device = "auto", backend: str =
     reasons = []
     for name in names:
         cls = backend_class(name)
-        reason = cls.probe(dev)
+        reason = mismatch(cls, bundle, dev) or cls.probe(dev)
         if reason:
             log.debug("backend %s skipped: %s", name, reason)
             reasons.append(f"{name}: {reason}")

@@ -20,12 +20,16 @@ from sdk.errors import ConfigError, SydesError
 if TYPE_CHECKING:  # pragma: no cover
     from sdk.bundle import Bundle
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|gpu|npu)(?::(\d+))?$")
+INDEXED = ("cuda", "gpu")  # kinds that take ":N"
 
 
 @dataclass(frozen=True)
 class Device:
-    """A parsed device string: kind "auto" | "cpu" | "cuda", index for "cuda:N"."""
+    """A parsed device string: kind "auto" | "cpu" | "cuda" | "gpu" | "npu", index for "cuda:N" / "gpu:N".
+
+    "cuda" is an NVIDIA GPU (onnxruntime, TensorRT); "gpu" and "npu" are OpenVINO's devices (Intel iGPU /
+    dGPU, the NPU of current laptops)."""
 
     kind: str
     index: int = 0
@@ -37,18 +41,21 @@ class Device:
         if not isinstance(spec, str):
             raise ConfigError(f"device must be a string like 'auto', 'cpu', 'cuda' or 'cuda:1', got {spec!r}")
         m = _DEVICE.match(spec.strip().lower())
-        if not m or (m.group(2) is not None and m.group(1) != "cuda"):
-            raise ConfigError(f"device {spec!r} is not valid; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        if not m or (m.group(2) is not None and m.group(1) not in INDEXED):
+            raise ConfigError(f"device {spec!r} is not valid; valid: 'auto', 'cpu', 'cuda', 'cuda:N', "
+                              "'gpu', 'gpu:N', 'npu' (gpu / npu: OpenVINO)")
         return cls(m.group(1), int(m.group(2) or 0))
 
     def __str__(self) -> str:
-        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
+        return f"{self.kind}:{self.index}" if self.kind in INDEXED else self.kind
 
 
 class Backend(ABC):
     """Base class: subclasses implement `probe`, `_load`, `_run`, `_close` and fill `providers`."""
 
     name: ClassVar[str] = "base"
+    devices: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda")  # Device kinds it can run on
+    graph_formats: ClassVar[tuple[str, ...]] = ("onnx",)  # bundle graph formats it can load
 
     def __init__(self, bundle: Bundle, device: Device, *, providers: list[Any] | None = None,
                  threads: int | None = None, max_batch_size: int = 32, **options: Any) -> None:

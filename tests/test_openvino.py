@@ -1,0 +1,175 @@
+"""--target openvino and the openvino backend at tiny size: export (FP32 / FP16 / INT8 by NNCF), verification,
+Analyzer(backend="openvino"), the auto rule, the errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+ov = pytest.importorskip("openvino")
+
+from export.pipeline import ExportOptions, check_options, export_checkpoints  # noqa: E402
+from sdk.errors import BackendUnavailableError, BundleIntegrityError, ConfigError, MissingExtraError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from sdk.tokenizer import Tokenizer
+    from training.model import SyDES
+    from training.presets import tiny_clip
+
+    root = tmp_path_factory.mktemp("ov")
+    torch.manual_seed(0)
+    tok = root / "tokenizer.json"
+    Tokenizer.clip().save(tok)
+    ck = SyDES(tiny_clip()).save_pretrained(root / "ck", tokenizer_file=tok)
+    return {"root": root, "ck": ck, "cache": root / "cache"}
+
+
+def _export(work: dict[str, Path], name: str, **kw):
+    return export_checkpoints([work["ck"]], work["root"] / name, ExportOptions(
+        cache_dir=str(work["cache"]), target=kw.pop("target", "openvino"), progress=False, **kw))
+
+
+@pytest.fixture(scope="module")
+def ov_fp32(work):
+    return _export(work, "ov32.sydes")
+
+
+@pytest.fixture(scope="module")
+def ov_int8(work):
+    return _export(work, "ov8.sydes", precision="int8", calib="generated", calib_samples=12, eval_samples=8)
+
+
+def _post(seed: int = 3):
+    from calibration.data import generated_posts
+
+    p = generated_posts(1, seed=seed)[0]
+    return p.image, "a happy dog on the beach"
+
+
+def test_fp32_ir_bundle_is_verified_and_runs_on_openvino(ov_fp32, work) -> None:
+    from sdk import Analyzer
+    from sdk.bundle import load_bundle
+
+    b = load_bundle(ov_fp32.bundle)
+    g = b.manifest.raw["graphs"]["model"]
+    assert b.graph_format == "openvino" and g["file"] == "model.xml" and g["weights"]["file"] == "model.bin"
+    assert not (b.path / "model.onnx").exists()
+    v = b.manifest.validation
+    assert v["passed"] is True and max(v["max_abs_diff"].values()) <= 1e-4
+    assert v["analyzer"]["backend"] == "openvino" and max(v["analyzer"]["max_abs_diff"].values()) <= 1e-4
+    assert [t.name for t in b.manifest.graph.inputs][:2] == ["global_pixels", "canvas_pixels"]
+    assert b.manifest.provenance["target"] == "openvino"
+    # the same post through the torch-exported ONNX on onnxruntime: the same probabilities
+    onnx_b = _export(work, "ort32.sydes", target="cpu")
+    image, text = _post()
+    with Analyzer(ov_fp32.bundle) as a, Analyzer(onnx_b.bundle, backend="onnxruntime") as o:
+        assert a.info.backend == "openvino" and a.info.providers[0].startswith("OpenVINO")  # auto -> openvino
+        ra, ro = a.analyze(image, text), o.analyze(image, text)
+        assert ra.ok and ro.ok
+        for t in ra.tasks:
+            assert max(abs(ra.tasks[t].probs[k] - ro.tasks[t].probs[k]) for k in ra.tasks[t].probs) <= 1e-4
+        # batches from several threads at once (one infer request per stream, handed out by a queue)
+        posts = [(_post(s)[0], f"post {s}") for s in range(6)]
+        many = list(a.stream(posts, batch_size=4))
+        assert all(r.ok for r in many) and len(many) == 6
+    # the ONNX bundle also runs on OpenVINO when asked (FP32), within the FP32 tolerance
+    with Analyzer(onnx_b.bundle, backend="openvino") as a2:
+        r2 = a2.analyze(image, text)
+        assert max(abs(r2.tasks["emotion"].probs[k] - ro.tasks["emotion"].probs[k]) for k in r2.tasks["emotion"].probs) <= 1e-4
+    # compiled-model cache inside the bundle
+    assert any((ov_fp32.bundle / "engines" / "openvino").iterdir())
+
+
+def test_int8_ir_by_nncf_reports_agreement_and_reuses_its_cache(ov_int8, work) -> None:
+    from sdk import Analyzer
+
+    m = json.loads((ov_int8.bundle / "manifest.json").read_text())
+    sch = m["provenance"]["precision_details"]["scheme"]
+    assert m["precision"] == "int8" and sch["quantizer"] == "nncf" and sch["model_type"] == "transformer"
+    rep = m["calibration_report"]
+    assert rep["samples"] == 8 and set(rep["tasks"]) == {"sentiment", "emotion", "desire"}
+    assert all(0.0 <= r["top1_agreement"] <= 1.0 for r in rep["tasks"].values())
+    assert rep["calibration"]["cache_hit"] is False
+    xml = (ov_int8.bundle / "model.xml").read_text()
+    assert "FakeQuantize" in xml or "FakeConvert" in xml  # really quantised
+    again = _export(work, "ov8b.sydes", precision="int8", calib="generated", calib_samples=12, eval_samples=8)
+    assert again.manifest["calibration_report"]["calibration"]["cache_hit"] is True
+    assert (again.bundle / "model.bin").read_bytes() == (ov_int8.bundle / "model.bin").read_bytes()
+    with Analyzer(ov_int8.bundle, backend="openvino", device="cpu", threads=1) as a:
+        assert a.info.precision == "int8" and a.backend.settings["threads"] == 1
+        assert a.analyze(*_post()).ok
+
+
+def test_fp16_ir(work) -> None:
+    rep = _export(work, "ov16.sydes", precision="fp16")
+    assert rep.manifest["provenance"]["precision_details"]["weights"] == "fp16"
+    assert max(rep.manifest["validation"]["max_abs_diff"].values()) < 1e-2
+
+
+def test_openvino_errors(ov_fp32, work, tmp_path, monkeypatch) -> None:
+    from sdk import Analyzer
+    from sdk.backends.base import Device
+
+    with pytest.raises(BackendUnavailableError, match="loads onnx graphs and this bundle holds a openvino graph"):
+        Analyzer(ov_fp32.bundle, backend="onnxruntime")
+    with pytest.raises(BackendUnavailableError, match="it runs on 'auto', 'cpu', 'gpu', 'npu', not on 'cuda:0'"):
+        Analyzer(ov_fp32.bundle, backend="openvino", device="cuda")
+    with pytest.raises(BackendUnavailableError, match="sees no NPU"):
+        Analyzer(ov_fp32.bundle, backend="openvino", device="npu")
+    with pytest.raises(ConfigError, match="hint 'fastest' is not valid; valid: latency, throughput"):
+        Analyzer(ov_fp32.bundle, backend="openvino", hint="fastest")
+    with pytest.raises(ConfigError, match="device 'tpu' is not valid"):
+        Device.parse("tpu")
+    assert str(Device.parse("gpu:1")) == "gpu:1"
+    # a modified weights file is caught like any other bundle file
+    bad = tmp_path / "bad.sydes"
+    shutil.copytree(ov_fp32.bundle, bad)
+    with open(bad / "model.bin", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(BundleIntegrityError, match="model.bin does not match its sha256"):
+        Analyzer(bad)
+    # the export's own option checks
+    with pytest.raises(ConfigError, match="--format tensorrt does not apply"):
+        check_options(ExportOptions(target="openvino", format="tensorrt"))
+    with pytest.raises(ConfigError, match="unknown target 'npu'; valid: cpu, tensorrt, cpu-dynamic, openvino"):
+        check_options(ExportOptions(target="npu"))
+    from export.errors import ExportError
+    from export.openvino import quant_options
+
+    with pytest.raises(ExportError, match="unknown OpenVINO quantisation option"):
+        quant_options({"bits": 4})
+    with pytest.raises(ExportError, match="unknown NNCF preset"):
+        quant_options({"preset": "fast"})
+    # openvino missing: a clear error naming the extra, at probe time and at export time
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    from sdk.backends.openvino import OpenVINOBackend
+
+    assert "sydes-edge[openvino]" in OpenVINOBackend.probe(Device.parse("cpu"))
+    with pytest.raises(BackendUnavailableError, match=r"sydes-edge\[openvino\]"):
+        Analyzer(ov_fp32.bundle, backend="openvino")
+    with pytest.raises(MissingExtraError):
+        from sdk.backends.openvino import available_devices
+
+        available_devices()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "openvino" else object())
+    with pytest.raises(ConfigError, match="needs OpenVINO"):
+        check_options(ExportOptions(target="openvino"))
+
+
+def test_auto_keeps_onnx_bundles_on_onnxruntime(work) -> None:
+    from sdk import Analyzer
+
+    onnx_b = work["root"] / "ort32.sydes"
+    if not onnx_b.exists():
+        _export(work, "ort32.sydes", target="cpu")
+    with Analyzer(onnx_b, device="cpu") as a:
+        assert a.info.backend == "onnxruntime"
