@@ -133,3 +133,52 @@ def test_tensorrt_engine_is_built_once_and_reused(tiny) -> None:
             Analyzer(b, device="cuda", max_batch_size=16, warmup=False) as auto:
         assert small.backend.engine_path == built and auto.info.backend == "tensorrt"
     assert len(load_bundle(b).manifest.engine_records) == 1
+
+
+def test_kit_gpu_path_logic_with_a_cpu_stand_in(tmp_path: Path, monkeypatch) -> None:
+    """The kit's CUDA branch (parity rules, provider check, TF32 diagnosis rerun) run against a stand-in
+    Analyzer that answers on the CPU but says it ran on CUDA; the first FP32 run is perturbed by 3e-4."""
+    pytest.importorskip("onnxruntime")
+    import types
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_kit
+
+    import sdk.analyzer as A
+
+    real = A.Analyzer
+
+    class StandIn:
+        def __init__(self, bundle, device="auto", backend="auto", providers=None, **kw):
+            self.inner = real(bundle, device="cpu", backend="onnxruntime", warmup=False,
+                              max_batch_size=kw.get("max_batch_size", 32))
+            self.noisy = device == "cuda" and providers is None and self.inner.backend.precision == "fp32"
+            self.tasks, self.backend, self.bundle = self.inner.tasks, self.inner.backend, self.inner.bundle
+            self.info = types.SimpleNamespace(backend="onnxruntime", providers=["CUDAExecutionProvider"],
+                                              device="cuda:0")
+
+        def analyze_batch(self, pairs):
+            res = self.inner.analyze_batch(pairs)
+            if self.noisy:
+                for r in res:
+                    for t in r.tasks.values():
+                        t.probs = {k: v + 3e-4 for k, v in t.probs.items()}
+            return res
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+    monkeypatch.setattr(A, "Analyzer", StandIn)
+    monkeypatch.setattr(gpu_kit, "gpu_memory_mb", lambda: 123.0)
+    tp = gpu_kit.throughput
+    monkeypatch.setattr(gpu_kit, "throughput", lambda az: tp(az, (1, 2), repeats=1))  # keep the test fast
+    kit = gpu_kit.Kit(tmp_path, dry_run=False, posts=8, budget_s=300)
+    gpu_kit.check_bundle(kit, "tiny", gpu_kit.tiny_bundles(tmp_path / "b"), trt_ok=False, ort_trt=False)
+    rows = {r.check: r for r in kit.rows}
+    assert rows["tiny cuda fp32"].status == "fail" and rows["tiny cuda fp32"].figures["max_abs_diff"] > 1e-4
+    assert rows["tiny cuda fp32 (use_tf32=0)"].status == "ok"  # the diagnosis rerun
+    assert rows["tiny cuda fp16"].status == "ok" and rows["tiny cuda fp16"].figures["gpu_memory_mb"] == 123.0
+    assert {"batch1_posts_per_s", "batch2_posts_per_s"} <= set(rows["tiny cuda fp16"].figures)
