@@ -6,13 +6,11 @@ export/ writes bundles with `write_manifest` / `file_record` / `sha256_file`; th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,40 +362,6 @@ def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> 
     path = folder / MANIFEST
     atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return path
-
-
-@contextlib.contextmanager
-def file_lock(lock: Path, timeout_s: float = 60.0) -> Iterator[None]:
-    """An O_EXCL lock file held for a short read-modify-write; BundleError when it stays taken."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            break
-        except FileExistsError:
-            if time.monotonic() > deadline:
-                raise BundleError(f"{lock} is held by another process for over {timeout_s:.0f} s; "
-                                  "remove it if no other sydes process is running") from None
-            time.sleep(0.2)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-
-
-def record_engine(folder: str | os.PathLike[str], record: dict[str, Any]) -> Path:
-    """Add (or replace, by key) one engine record in `folder/manifest.json`, atomically and under a lock
-    file, so that two processes recording different engines do not lose each other's entry."""
-    folder = Path(folder)
-    validate_engine_records([record])
-    with file_lock(folder / f".{MANIFEST}.lock"):
-        raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        kept = [r for r in raw.get("tensorrt_engines") or [] if r.get("key") != record["key"]]
-        raw["tensorrt_engines"] = [*kept, record]
-        return write_manifest(folder, raw)
 
 
 # --- reading ------------------------------------------------------------------------------------------

@@ -254,3 +254,31 @@ def test_ort_tensorrt_provider_is_never_a_silent_build(bundle: Path, caplog) -> 
     assert _ort(bundle)._provider_list(avail)[0][0] == "TensorrtExecutionProvider"  # cached: used
     assert [p for p in _ort(bundle, ort_tensorrt=False)._provider_list(avail) if isinstance(p, tuple)
             and p[0] == "TensorrtExecutionProvider"] == []
+
+
+def test_manifest_lock_held_too_long_is_a_clear_error(bundle: Path) -> None:
+    from sdk.backends.trt_engines import file_lock, record_engine
+
+    lock = bundle / ".manifest.json.lock"
+    with file_lock(lock):
+        assert lock.exists()
+        with pytest.raises(BundleError, match=r"\.manifest\.json\.lock is held by another process"), \
+                file_lock(lock, timeout_s=0.3):
+            pass
+    assert not lock.exists()
+    with pytest.raises(BundleError, match=r"tensorrt_engines\[0\]\.profile' is missing"):
+        record_engine(bundle, {"file": "engines/x.engine"})  # validated before anything is written
+    assert "tensorrt_engines" not in read_manifest(bundle)
+
+
+def test_ort_tensorrt_cache_falls_back_to_the_user_cache(bundle: Path, monkeypatch, tmp_path: Path) -> None:
+    import sdk.backends.onnxruntime as O
+
+    monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
+    real = os.access
+    monkeypatch.setattr(O.os, "access", lambda p, m: False if str(p).startswith(str(bundle)) else real(p, m))
+    cache = _ort(bundle)._trt_options(0)["trt_engine_cache_path"]
+    assert cache.startswith(str(tmp_path / "cache" / "engines")) and cache.endswith("ort-trt")
+    monkeypatch.setattr(O.os, "access", lambda p, m: False)
+    with pytest.raises(BackendUnavailableError, match="no writable folder for onnxruntime's TensorRT engine cache"):
+        _ort(bundle)._trt_options(0)

@@ -12,10 +12,13 @@ Engines stay plain TensorRT files; their sha256 is checked before they are deser
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,10 +28,9 @@ from sdk.backends.trt_build import OptimizationProfile, cc_string, engine_cache_
 from sdk.bundle import (
     EngineRecord,
     cached_sha256,
-    file_lock,
-    record_engine,
     sha256_file,
     validate_engine_records,
+    write_manifest,
 )
 from sdk.errors import BundleError
 
@@ -160,6 +162,38 @@ def make_record(base: Path, engine_path: Path, key: str, target: EngineTarget, p
         "strongly_typed": True, "workspace_bytes": workspace_bytes,
         "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+@contextlib.contextmanager
+def file_lock(lock: Path, timeout_s: float = 60.0) -> Iterator[None]:
+    """An O_EXCL lock file held for a short read-modify-write; BundleError when it stays taken."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise BundleError(f"{lock} is held by another process for over {timeout_s:.0f} s; "
+                                  "remove it if no other sydes process is running") from None
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+
+
+def record_engine(folder: str | os.PathLike[str], record: dict[str, Any]) -> Path:
+    """Add (or replace, by key) one engine record in `folder/manifest.json`, atomically and under a lock
+    file, so that two processes recording different engines do not lose each other's entry."""
+    folder = Path(folder)
+    validate_engine_records([record])
+    with file_lock(folder / ".manifest.json.lock"):
+        raw = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        kept = [r for r in raw.get("tensorrt_engines") or [] if r.get("key") != record["key"]]
+        raw["tensorrt_engines"] = [*kept, record]
+        return write_manifest(folder, raw)
 
 
 def add_record(base: Path, in_bundle: bool, record: dict[str, Any]) -> Path:
