@@ -67,8 +67,9 @@ class ExportOptions:
     name: str | None = None
     fusions: bool = False          # onnxruntime-only contrib fusions (cpu target; not portable)
     check_analyzer: bool = True
-    max_batch: int = 32            # TensorRT profile
     openvino_quant: dict[str, Any] | None = None  # --target openvino INT8: overrides of export.openvino.QUANT_OPTIONS
+    max_batch: int = 32            # TensorRT profile: batch 1..max_batch (--format tensorrt)
+    workspace_mb: int | None = None  # TensorRT workspace pool limit in MiB (None: TensorRT's default)
     progress: bool = True          # a tqdm line naming the running stage
 
 
@@ -160,10 +161,14 @@ def check_options(opts: ExportOptions) -> ExportOptions:
             raise ConfigError("--target openvino needs OpenVINO: pip install \"sydes-edge[openvino]\"")
         if opts.precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise ConfigError("INT8 for --target openvino needs NNCF: pip install \"sydes-edge[openvino]\"")
+    if not isinstance(opts.max_batch, int) or isinstance(opts.max_batch, bool) or opts.max_batch < 1:
+        raise ConfigError(f"--max-batch must be a positive integer, got {opts.max_batch!r}")
+    if opts.workspace_mb is not None and (not isinstance(opts.workspace_mb, int) or opts.workspace_mb < 1):
+        raise ConfigError(f"--workspace must be a positive number of MiB, got {opts.workspace_mb!r}")
     if opts.format == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        raise BackendUnavailableError("--format tensorrt needs TensorRT 10 on this machine (`pip install "
+        raise BackendUnavailableError("--format tensorrt needs TensorRT 10 or 11 on this machine (`pip install "
                                       "tensorrt`, or the one JetPack ships); export an ONNX bundle here "
-                                      "and the runtime builds the engine on the device")
+                                      "and build the engine on the device")
     return opts
 
 
@@ -351,7 +356,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
         with sw("tensorrt_engine"):
             from export.tensorrt import build_bundle_engine
 
-            build_bundle_engine(output, max_batch=opts.max_batch)
+            build_bundle_engine(output, max_batch=opts.max_batch, workspace_mb=opts.workspace_mb)
     sw.close()
     return ExportReport(bundle=output, manifest=manifest, seconds=sw.seconds)
 

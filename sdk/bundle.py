@@ -6,17 +6,19 @@ export/ writes bundles with `write_manifest` / `file_record` / `sha256_file`; th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdk.atomic import atomic_write_text
 from sdk.errors import BundleError, BundleIntegrityError, ConfigError
+from sdk.hashing import cached_sha256, clear_verify_cache, file_record, sha256_file  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sdk.engine_records import EngineRecord
 
 SCHEMA = "sydes-bundle"
 # The graph's inputs, in the order of its signature (the one definition: export writes it, calibration feeds it,
@@ -30,56 +32,6 @@ GRAPH_FORMATS = ("onnx", "openvino")
 TOKENIZER_KINDS = ("clip", "wordpiece")
 DTYPES = ("uint8", "int8", "int32", "int64", "float16", "float32", "bool")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-# --- hashing ------------------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (bounded memory for multi-GB graphs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk_size)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
-# Verified hashes, keyed by the file's identity. ctime cannot be set from user space, so an edit that
-# restores the mtime still invalidates the entry; re-opening an unchanged bundle skips re-hashing.
-_VERIFY_CACHE: dict[tuple[str, int, int, int, int], str] = {}
-_VERIFY_LOCK = threading.Lock()
-
-
-def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256_file with an in-process cache keyed by (path, inode, size, mtime, ctime)."""
-    key = _stat_key(path)
-    with _VERIFY_LOCK:
-        hit = _VERIFY_CACHE.get(key)
-    if hit is not None:
-        return hit
-    digest = sha256_file(path)
-    with _VERIFY_LOCK:
-        _VERIFY_CACHE[key] = digest
-    return digest
-
-
-def clear_verify_cache() -> None:
-    with _VERIFY_LOCK:
-        _VERIFY_CACHE.clear()
-
-
-def file_record(folder: str | os.PathLike[str], relpath: str) -> dict[str, Any]:
-    """`{"file", "sha256", "bytes"}` for a file inside a bundle folder (what the manifest lists)."""
-    path = Path(folder) / relpath
-    if not path.is_file():
-        raise BundleError(f"{path} is not a file")
-    return {"file": relpath, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 # --- the manifest as dataclasses -----------------------------------------------------------------------
@@ -135,6 +87,7 @@ class Manifest:
     calibration_report: dict[str, Any] | None
     engines: str
     raw: dict[str, Any]
+    engine_records: tuple[EngineRecord, ...] = ()  # TensorRT engines built for this bundle ("tensorrt_engines")
 
     @property
     def graph(self) -> GraphSpec:
@@ -191,6 +144,12 @@ def _tensors(items: Any, where: str) -> tuple[TensorSpec, ...]:
             raise BundleError(f"manifest field '{w}.shape' must list ints and axis names")
         out.append(TensorSpec(name, dtype, tuple(shape)))
     return tuple(out)
+
+
+def _engine_records(items: Any) -> tuple[EngineRecord, ...]:
+    from sdk.engine_records import validate_engine_records
+
+    return validate_engine_records(items)
 
 
 def validate_manifest(d: Any) -> Manifest:
@@ -279,6 +238,7 @@ def validate_manifest(d: Any) -> Manifest:
         graphs=graphs, tokenizer=tokenizer, preprocess=dict(preprocess),
         provenance=dict(d.get("provenance") or {}), validation=dict(d.get("validation") or {}),
         calibration_report=calib if isinstance(calib, dict) else None, engines=engines, raw=d,
+        engine_records=_engine_records(d.get("tensorrt_engines")),
     )
 
 

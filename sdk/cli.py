@@ -33,6 +33,7 @@ COMMANDS: tuple[Command, ...] = (
             "convert a reference-implementation checkpoint"),
     Command("export", "export.commands.export", "export", "export checkpoint(s) to a verified bundle or engine"),
     Command("info", "sdk.commands.info", "cpu", "print a bundle's manifest"),
+    Command("doctor", "sdk.commands.doctor", "cpu", "check this machine: GPU, CUDA, TensorRT, onnxruntime providers"),
     Command("analyze", "sdk.commands.analyze", "cpu", "analyse posts with a bundle"),
     Command("benchmark", "training.commands.benchmark", "cpu",
             "measure a bundle's latency and throughput (--compare: vs torch eager)"),

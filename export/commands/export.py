@@ -21,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and whether onnxruntime-only fusions apply")
     p.add_argument("--format", default="onnx", choices=FORMATS,
                    help="tensorrt also builds an engine on this machine's GPU (default onnx)")
+    p.add_argument("--max-batch", type=int, default=32, metavar="N",
+                   help="--format tensorrt: the engine takes batches 1..N (default 32); any later run with a "
+                        "batch size <= N reuses it")
+    p.add_argument("--workspace", type=int, default=None, metavar="MB",
+                   help="--format tensorrt: TensorRT's workspace memory limit in MiB (default: TensorRT's)")
     p.add_argument("--calib", metavar="DATA", help="calibration data: MSED folder, JSONL/CSV of posts, folder "
                                                     "of images, or 'generated'")
     p.add_argument("--calib-split", default="train", help="MSED split to calibrate on (default train)")
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                          calib=args.calib, calib_split=args.calib_split, calib_samples=args.calib_samples,
                          calib_method=args.calib_method, eval_samples=args.eval_samples,
                          cache_dir=args.cache_dir, overwrite=args.overwrite, name=args.name,
-                         fusions=args.fusions)
+                         fusions=args.fusions, max_batch=args.max_batch, workspace_mb=args.workspace)
     report = export_checkpoints(args.checkpoints, args.output, opts)
     print(report.summary())
     return 0

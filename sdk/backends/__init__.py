@@ -75,7 +75,12 @@ def create_backend(bundle: Bundle, device: str | Device = "auto", backend: str =
             log.debug("backend %s skipped: %s", name, reason)
             reasons.append(f"{name}: {reason}")
             continue
-        inst = cls(bundle, dev, **kwargs)
+        opts = kwargs
+        if name == "tensorrt" and "build" not in kwargs:
+            # auto never starts a minutes-long engine build: it uses an engine that exists, or moves on
+            # with a log line saying how to build one (EngineNotBuiltError's message).
+            opts = {**kwargs, "build": False}
+        inst = cls(bundle, dev, **opts)
         try:
             inst.load()
         except BackendUnavailableError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,24 +96,71 @@ class OnnxRuntimeBackend(Backend):
             return [CPU]
         out: list[Any] = []
         idx = self.device.index
-        if TRT in avail and self.options.get("ort_tensorrt", True):
+        if TRT in avail and self._use_ort_tensorrt():
             out.append((TRT, self._trt_options(idx)))
         if CUDA in avail:
             out.append((CUDA, {"device_id": idx, "cudnn_conv_algo_search": "EXHAUSTIVE"}))
         out.append(CPU)
         return out
 
-    def _trt_options(self, idx: int) -> dict[str, Any]:
-        cache = self.bundle.engines_dir / "ort-trt"
-        opts: dict[str, Any] = {"device_id": idx, "trt_fp16_enable": self.precision in ("fp16", "int8"),
-                                "trt_int8_enable": self.precision == "int8"}
-        try:  # the engine cache is a speed-up only: a read-only bundle just rebuilds per process
-            cache.mkdir(parents=True, exist_ok=True)
+    # --- onnxruntime's TensorRT execution provider -----------------------------------------------------
+    def _ort_trt_cache(self) -> Path:
+        """Where the TensorRT provider keeps its engines and timing cache: the bundle's engines/ort-trt when
+        it can be written, else the user cache (sdk.backends.trt_engines.user_engine_dir)."""
+        from sdk.backends.trt_engines import user_engine_dir
+
+        for cache in (self.bundle.engines_dir / "ort-trt",
+                      user_engine_dir(self.bundle.manifest.graph.sha256) / "ort-trt"):
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue
             if os.access(cache, os.W_OK):
-                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache),
-                            trt_timing_cache_enable=True, trt_timing_cache_path=str(cache))
-        except OSError:
-            pass
+                return cache
+        raise BackendUnavailableError("no writable folder for onnxruntime's TensorRT engine cache (the bundle's "
+                                      "engines/ and the user cache are read-only); set SYDES_CACHE_DIR")
+
+    def _use_ort_tensorrt(self) -> bool:
+        """The TensorRT provider builds its engines when the session starts (minutes), so it is used only
+        when asked for (ort_tensorrt=True) or when its cache already holds an engine: never silently."""
+        choice = self.options.get("ort_tensorrt", "auto")
+        if choice is False:
+            return False
+        if choice is True:
+            log.warning("onnxruntime's TensorRT provider builds its engines on the first session start of this "
+                        "bundle on this GPU (minutes); later starts reuse %s", self._ort_trt_cache())
+            return True
+        if any(self._ort_trt_cache().glob("*.engine")):
+            return True
+        log.info("onnxruntime's TensorRT provider skipped: no cached engine in %s (pass ort_tensorrt=True to "
+                 "build one, minutes, once per GPU); using CUDA", self._ort_trt_cache())
+        return False
+
+    def ort_trt_profile(self):  # -> sdk.backends.trt_build.OptimizationProfile
+        """The provider's explicit shape profile. Its max batch is rounded up to a power of two >= 32 so that
+        callers with different batch sizes (16, 32) share one cached engine: onnxruntime rebuilds whenever
+        the profile differs from the one saved beside the cached engine."""
+        from sdk.backends.trt_build import OptimizationProfile
+
+        tok = self.bundle.manifest.tokenizer
+        return OptimizationProfile.for_bundle(max(32, 1 << (self.max_batch_size - 1).bit_length()),
+                                              tok.max_length, tok.trim_padding)
+
+    def _trt_options(self, idx: int) -> dict[str, Any]:
+        prof = self.ort_trt_profile()
+        shapes = {t.name: prof.shapes(t.shape) for t in self.bundle.manifest.graph.inputs}
+        spec = [",".join(f"{n}:{'x'.join(map(str, s[k]))}" for n, s in shapes.items()) for k in range(3)]
+        cache = str(self._ort_trt_cache())
+        opts: dict[str, Any] = {
+            "device_id": idx,
+            # onnxruntime's provider builds weakly typed networks: these let it keep the graph's FP16 / Q/DQ.
+            "trt_fp16_enable": self.precision in ("fp16", "int8"), "trt_int8_enable": self.precision == "int8",
+            "trt_profile_min_shapes": spec[0], "trt_profile_opt_shapes": spec[1], "trt_profile_max_shapes": spec[2],
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
+        }
+        if self.options.get("workspace_bytes"):
+            opts["trt_max_workspace_size"] = int(self.options["workspace_bytes"])
         return opts
 
     # --- lifecycle ------------------------------------------------------------------------------------

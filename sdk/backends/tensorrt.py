@@ -1,9 +1,13 @@
-"""Native TensorRT backend (TensorRT 10 Python API) and the engine builder that export/ calls.
+"""Native TensorRT backend (TensorRT 10.x / 11.x Python API, strongly typed engines only).
 
-Engines are plain TensorRT files (no header) cached in `bundle/engines/<key>.engine`, the key hashing
-everything an engine depends on (`engine_cache_key`). The first use on a device builds the engine
-(minutes) and writes it atomically; later runs deserialise it. Host <-> device traffic uses pinned host
-buffers and async copies on one CUDA stream per thread, with one execution context per thread.
+Engines are plain TensorRT files (no header). Which engine serves a request is the reuse rule of
+sdk.backends.trt_engines: any recorded engine for this GPU / TensorRT / precision / graph whose profile
+covers the requested batch and text range. Without one, `build=True` (the default for an explicit
+`backend="tensorrt"`) builds it, says so and logs progress (minutes, first use on a GPU only), and
+records it in the manifest (or the user cache for a read-only bundle); `build=False` (what
+`backend="auto"` passes) raises EngineNotBuiltError naming how to build one. Building itself is
+sdk.backends.trt_build (no precision flags: the graph's types decide). Host <-> device traffic uses
+pinned host buffers and async copies on one CUDA stream per thread, with one execution context per thread.
 
 tensorrt and cuda-python (`cuda.bindings.runtime`, or the older `cuda.cudart`) are imported lazily;
 when either is missing the backend raises BackendUnavailableError naming what to install.
@@ -14,104 +18,49 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import json
 import logging
 import os
 import threading
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sdk.atomic import atomic_write_bytes
 from sdk.backends.base import Backend, Device
+from sdk.backends.trt_build import (
+    INSTALL_TRT,
+    PRECISIONS,
+    SUPPORTED_MAJORS,
+    OptimizationProfile,
+    build_engine,
+    build_lock,
+    engine_cache_key,
+    import_trt,
+)
+from sdk.backends.trt_engines import (
+    EngineTarget,
+    add_record,
+    engine_file,
+    find_engine,
+    make_record,
+    store_location,
+)
 from sdk.errors import BackendUnavailableError, ConfigError, SydesError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sdk.bundle import Bundle
 
 log = logging.getLogger("sdk.backends.tensorrt")
 
-PRECISIONS = ("fp32", "fp16", "int8")
-INSTALL_TRT = "install TensorRT 10 (`pip install tensorrt`, or use the one JetPack ships)"
 INSTALL_CUDA = "install cuda-python (`pip install cuda-python`) for CUDA memory and streams"
+_import_trt = import_trt  # the name older callers use
+
+__all__ = ["INSTALL_TRT", "PRECISIONS", "SUPPORTED_MAJORS", "EngineNotBuiltError", "OptimizationProfile",
+           "TensorRTBackend", "build_engine", "ensure_engine", "engine_cache_key", "gpu_identity", "import_trt"]
 
 
-# --- cache key and profile -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OptimizationProfile:
-    """The shape range an engine accepts: batch and token-sequence length (min <= opt <= max)."""
-
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 32
-    min_seq: int = 1
-    opt_seq: int = 77
-    max_seq: int = 77
-
-    def __post_init__(self) -> None:
-        for f in ("min_batch", "opt_batch", "max_batch", "min_seq", "opt_seq", "max_seq"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"optimisation profile {f} must be a positive integer, got {v!r}")
-        if not self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ConfigError(f"optimisation profile needs min_batch <= opt_batch <= max_batch, got "
-                              f"{self.min_batch}, {self.opt_batch}, {self.max_batch}")
-        if not self.min_seq <= self.opt_seq <= self.max_seq:
-            raise ConfigError(f"optimisation profile needs min_seq <= opt_seq <= max_seq, got "
-                              f"{self.min_seq}, {self.opt_seq}, {self.max_seq}")
-
-    @classmethod
-    def for_bundle(cls, max_batch: int, max_length: int, trim: bool) -> OptimizationProfile:
-        return cls(min_batch=1, opt_batch=max(1, min(8, max_batch)), max_batch=max_batch,
-                   min_seq=2 if trim else max_length, opt_seq=max_length, max_seq=max_length)
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def shapes(self, shape: tuple[int | str, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """(min, opt, max) concrete shapes of one input: dim 0 dynamic = batch, later dynamic = sequence."""
-        lo, mid, hi = [], [], []
-        for i, d in enumerate(shape):
-            if isinstance(d, int) and d > 0:
-                lo.append(d), mid.append(d), hi.append(d)
-            elif i == 0:
-                lo.append(self.min_batch), mid.append(self.opt_batch), hi.append(self.max_batch)
-            else:
-                lo.append(self.min_seq), mid.append(self.opt_seq), hi.append(self.max_seq)
-        return tuple(lo), tuple(mid), tuple(hi)
-
-    def check(self, name: str, shape: tuple[int, ...]) -> None:
-        b = shape[0]
-        if not self.min_batch <= b <= self.max_batch:
-            raise ConfigError(f"input {name} has batch {b}; this engine's profile takes "
-                              f"{self.min_batch}..{self.max_batch}")
-
-
-def engine_cache_key(gpu_name: str, compute_capability: str | tuple[int, int], trt_version: str,
-                     precision: str, profile: OptimizationProfile, graph_sha256: str) -> str:
-    """sha256 hex over everything an engine depends on; equal inputs give equal keys on every machine."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
-    if isinstance(compute_capability, (tuple, list)):
-        compute_capability = ".".join(str(int(x)) for x in compute_capability)
-    payload = {
-        "gpu": str(gpu_name).strip(), "cc": str(compute_capability), "trt": str(trt_version),
-        "precision": precision, "profile": profile.to_dict(), "graph": graph_sha256.lower(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-# --- lazy imports -------------------------------------------------------------------------------------
-def _import_trt():
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError(f"the 'tensorrt' package is not installed: {INSTALL_TRT}") from e
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise BackendUnavailableError(f"TensorRT {trt.__version__} is too old: this SDK needs TensorRT >= 10")
-    return trt
+class EngineNotBuiltError(BackendUnavailableError):
+    """No engine covers the request and building was not allowed (backend="auto" never builds)."""
 
 
 def _import_cudart():
@@ -143,78 +92,81 @@ def gpu_identity(index: int = 0) -> tuple[str, str]:
     return name.strip("\x00 ").strip(), f"{props.major}.{props.minor}"
 
 
-# --- building -----------------------------------------------------------------------------------------
-def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], precision: str,
-                 profile: OptimizationProfile, timing_cache_path: str | os.PathLike[str] | None = None,
-                 *, workspace_bytes: int | None = None, verbose: bool = False) -> Path:
-    """Build a TensorRT engine from an ONNX graph and write it atomically to `engine_path`.
-
-    precision: "fp32" | "fp16" | "int8" (int8 = explicit quantisation from the graph's Q/DQ nodes, with
-    FP16 allowed for the layers left in float). The timing cache (if given) is read first and written back,
-    so later builds on the same GPU are much faster.
-    """
-    trt = _import_trt()
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # parse_from_file also finds external weight files
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise SydesError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    if workspace_bytes:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the graph's Q/DQ nodes (no calibrator)
-    opt = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        lo, mid, hi = profile.shapes(tuple(int(d) if d >= 0 else "dyn" for d in t.shape))
-        opt.set_shape(t.name, lo, mid, hi)
-    config.add_optimization_profile(opt)
-    cache_path = Path(timing_cache_path) if timing_cache_path else None
-    if cache_path is not None:
-        data = cache_path.read_bytes() if cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise SydesError(f"TensorRT failed to build an engine from {onnx_path} (precision {precision}); "
-                         "run with verbose=True for the builder log")
-    engine_path = Path(engine_path)
-    atomic_write_bytes(engine_path, bytes(memoryview(serialized)))
-    if cache_path is not None:
-        atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    log.info("built TensorRT engine %s in %.0f s", engine_path.name, time.perf_counter() - t0)
-    return engine_path
+_NP_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+              "BOOL": np.bool_, "UINT8": np.uint8}
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path, timeout_s: float = 3600.0):
-    """An O_EXCL lock file so two processes do not build the same engine at once."""
-    lock = path.with_suffix(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            break
-        except FileExistsError:
-            if path.exists() or time.monotonic() > deadline:
-                yield False
-                return
-            time.sleep(1.0)
+def np_dtype(trt: Any, dt: Any) -> np.dtype:
+    """numpy dtype of a TensorRT DataType (trt.nptype where the module has it, else by the enum's name)."""
+    name = str(getattr(dt, "name", dt)).rsplit(".", 1)[-1].upper()
+    if name in _NP_DTYPES:
+        return np.dtype(_NP_DTYPES[name])
+    if hasattr(trt, "nptype"):
+        return np.dtype(trt.nptype(dt))
+    raise ConfigError(f"TensorRT tensor type {dt} has no numpy equivalent")
+
+
+def how_to_build(bundle_path: Path, target: EngineTarget, want: OptimizationProfile) -> str:
+    return (f"no TensorRT engine in {bundle_path} (or the user cache) for {target.gpu} (TensorRT {target.tensorrt}, "
+            f"{target.precision}) covers batch {want.min_batch}..{want.max_batch}, text length "
+            f"{want.min_seq}..{want.max_seq}; build one once (minutes, progress is shown) with "
+            f"Analyzer(bundle, backend='tensorrt', max_batch_size={want.max_batch}) or `sydes analyze BUNDLE "
+            f"--backend tensorrt --batch-size {want.max_batch} ...`, or at export time with `sydes export ... "
+            f"--format tensorrt --max-batch {want.max_batch}`; `sydes info BUNDLE --trtexec` prints the trtexec "
+            "command that does the same")
+
+
+def ensure_engine(bundle: Bundle, target: EngineTarget, want: OptimizationProfile, *, build: bool,
+                  engine_path: str | os.PathLike[str] | None = None, workspace_bytes: int | None = None,
+                  verbose: bool = False) -> tuple[Path, OptimizationProfile]:
+    """(engine file, its profile) for `target` covering `want`: an explicit `engine_path`, a recorded engine
+    whose profile covers `want` (trt_engines.find_engine), or, only with `build`, a new one (it says so,
+    logs progress and records it). Without `build` and without an engine: EngineNotBuiltError."""
+    if engine_path:
+        path = Path(engine_path)
+        if not path.is_file():
+            if not build:
+                raise EngineNotBuiltError(f"TensorRT engine {path} does not exist and building is disabled")
+            _build(bundle, target, want, path, None, workspace_bytes, verbose)
+        return path, want
+    found = find_engine(bundle, target, want)
+    if found is not None:
+        log.info("reusing TensorRT engine %s from the %s: its profile (batch %d..%d, text %d..%d) covers "
+                 "the request (batch %d..%d, text %d..%d)", found.path.name, found.where,
+                 found.profile.min_batch, found.profile.max_batch, found.profile.min_seq,
+                 found.profile.max_seq, want.min_batch, want.max_batch, want.min_seq, want.max_seq)
+        return found.path, found.profile
+    if not build:
+        raise EngineNotBuiltError(how_to_build(bundle.path, target, want))
+    base, in_bundle = store_location(bundle)
+    path = engine_file(bundle, base, in_bundle, target.key(want))
+    _build(bundle, target, want, path, (base, in_bundle), workspace_bytes, verbose)
+    return path, want
+
+
+def _build(bundle: Bundle, target: EngineTarget, want: OptimizationProfile, path: Path,
+           store: tuple[Path, bool] | None, workspace_bytes: int | None, verbose: bool) -> None:
+    log.warning("building a TensorRT engine for %s (TensorRT %s, %s, batch %d..%d, text %d..%d) into %s: "
+                "first use on this GPU only, this takes minutes (progress is logged)", target.gpu,
+                target.tensorrt, target.precision, want.min_batch, want.max_batch, want.min_seq,
+                want.max_seq, path.parent)
+    safe_gpu = "".join(c if c.isalnum() else "_" for c in target.gpu)
+    timing = path.parent / f"timing-{safe_gpu}-trt{target.tensorrt}.cache"
     try:
-        yield True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
+        with build_lock(path) as mine:
+            if mine and not path.is_file():
+                build_engine(bundle.graph_path("model"), path, target.precision, want, timing,
+                             workspace_bytes=workspace_bytes, verbose=verbose)
+                if store is not None:
+                    base, in_bundle = store
+                    add_record(base, in_bundle, make_record(base, path, target.key(want), target, want,
+                                                            workspace_bytes))
+    except PermissionError as e:
+        raise BackendUnavailableError(f"cannot write the TensorRT engine in {path.parent}: {e}; pass "
+                                      "engine_path= to a writable place") from e
+    if not path.is_file():
+        raise BackendUnavailableError(f"TensorRT engine {path} was not built (another process held the "
+                                      "build lock and did not finish it); try again")
 
 
 # --- runtime ------------------------------------------------------------------------------------------
@@ -280,31 +232,20 @@ class TensorRTBackend(Backend):
         return None
 
     def _load(self) -> None:
-        trt = _import_trt()
+        trt = import_trt()
         self.trt = trt
         self.cudart = _import_cudart()
         idx = self.device.index
         _ck(self.cudart.cudaSetDevice(idx))
         gpu, cc = gpu_identity(idx)
         m = self.bundle.manifest
-        self.profile: OptimizationProfile = self.options.get("profile") or OptimizationProfile.for_bundle(
+        want: OptimizationProfile = self.options.get("profile") or OptimizationProfile.for_bundle(
             self.max_batch_size, m.tokenizer.max_length, m.tokenizer.trim_padding)
-        key = engine_cache_key(gpu, cc, trt.__version__, self.precision, self.profile, m.graph.sha256)
-        self.engine_path = Path(self.options.get("engine_path") or self.bundle.engines_dir / f"{key}.engine")
-        if not self.engine_path.is_file():
-            if not self.options.get("build", True):
-                raise BackendUnavailableError(f"no TensorRT engine {self.engine_path.name} for this GPU "
-                                              "and building is disabled")
-            log.warning("building the TensorRT engine for %s (%s, %s): first use only, this takes minutes",
-                        gpu, self.precision, key[:12])
-            with _build_lock(self.engine_path) as mine:
-                if mine and not self.engine_path.is_file():
-                    try:
-                        build_engine(self.bundle.graph_path("model"), self.engine_path, self.precision,
-                                     self.profile, self.bundle.engines_dir / f"timing-{gpu.replace(' ', '_')}.cache")
-                    except PermissionError as e:
-                        raise BackendUnavailableError(f"cannot write the engine cache in {self.engine_path.parent}: "
-                                                      f"{e}; pass engine_path= to a writable place") from e
+        target = EngineTarget(gpu, cc, str(trt.__version__), self.precision, m.graph.sha256)
+        self.engine_path, self.profile = ensure_engine(
+            self.bundle, target, want, build=bool(self.options.get("build", True)),
+            engine_path=self.options.get("engine_path"), workspace_bytes=self.options.get("workspace_bytes"),
+            verbose=bool(self.options.get("verbose", False)))
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
@@ -313,7 +254,7 @@ class TensorRTBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.dtypes = {n: np_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         # Largest shape of every tensor under the profile -> buffer sizes.
         self.max_bytes: dict[str, int] = {}
         for n in names:
