@@ -352,6 +352,9 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
                     folder, graph, pcfg, tokenizer, opts.tolerance if opts.precision == "fp32" else None,
                     backend="openvino" if ir else "onnxruntime")
                 write_manifest(folder, json.loads(json.dumps(manifest)))
+            from export.model_card import write_bundle_card
+
+            write_bundle_card(folder, manifest, list(checkpoints))
     if opts.format == "tensorrt":
         with sw("tensorrt_engine"):
             from export.tensorrt import build_bundle_engine

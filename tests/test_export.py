@@ -66,6 +66,8 @@ def test_fp32_bundle_matches_torch(fp32_bundle, work) -> None:
     assert ops.count("Attention") == 8
     assert prov["calibration"] is None and m.calibration_report is None
     assert (b.path / "engines").is_dir() and m.tokenizer.trim_padding
+    card = (b.path / "README.md").read_text()
+    assert "(SyDES bundle, fp32, onnx)" in card and "Verification at export" in card and str(work["ck"]) in card
 
 
 def test_dynamic_batch_and_length(fp32_bundle, work) -> None:

@@ -67,6 +67,8 @@ def test_fp32_ir_bundle_is_verified_and_runs_on_openvino(ov_fp32, work) -> None:
     assert v["analyzer"]["backend"] == "openvino" and max(v["analyzer"]["max_abs_diff"].values()) <= 1e-4
     assert [t.name for t in b.manifest.graph.inputs][:2] == ["global_pixels", "canvas_pixels"]
     assert b.manifest.provenance["target"] == "openvino"
+    card = (b.path / "README.md").read_text()  # every artifact carries a model card
+    assert "(SyDES bundle, fp32, openvino)" in card and "model.bin" in card and "| emotion |" in card
     # the same post through the torch-exported ONNX on onnxruntime: the same probabilities
     onnx_b = _export(work, "ort32.sydes", target="cpu")
     image, text = _post()
