@@ -1,14 +1,15 @@
 """`sydes analyze --engine ray`: the same job on a Ray cluster (a local one when no --address is given).
 
 The driver reads the input as the single-process engine does (`analyze.iter_items`: the same columns,
-image paths and per-row DataErrors), stages the prepared rows as parquet files under OUTPUT/.staging
-(streamed, so the driver's memory is flat in rows), and runs
+image paths and per-row DataErrors), puts the prepared rows into Ray's object store as arrow tables of a
+few thousand rows (streamed: the driver's own memory is flat in rows; Ray spills the store to disk when
+it fills), and runs
 
-    read_parquet -> map_batches(SydesPredictor, compute=ActorPoolStrategy(size=--actors)) -> JsonlResultSink
+    from_arrow_refs -> map_batches(SydesPredictor, compute=ActorPoolStrategy(size=--actors)) -> JsonlResultSink
 
 which writes JSONL part files under OUTPUT with the single-process rows, line for line (row order across
 part files is Ray's). Actors are restarted and their batches retried by Ray when they die
-(max_restarts / max_task_retries = -1). The run checks the part files hold exactly one line per input
+(Ray Data's actor-pool defaults: max_restarts = max_task_retries = -1). The run checks the part files hold exactly one line per input
 row, then writes OUTPUT/_SUCCESS (JSON, atomic). A Ray job does not resume: re-run it into an empty
 folder, or use --engine process shards, which do.
 """
@@ -19,8 +20,8 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,21 +123,21 @@ def run_job(plan: InputPlan, job: RayJob, predictor: type | None = None) -> dict
     if out.exists() and any(out.glob("*.jsonl")):
         raise ConfigError(f"{out} holds part files of an unfinished run; Ray runs do not resume: remove "
                           "them or use a new --output (or --engine process shards, which resume)")
-    staging = out / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    total = stage_rows(plan, staging, target_files=4 * job.actors, min_rows=job.batch_size)
-    ds = ray.data.read_parquet(str(staging))
+    # no read tasks: on a small cluster the actors hold every CPU, and a read task would wait for one forever
+    tables, total = [], 0
+    for table in stage_rows(plan, target_blocks=4 * job.actors, min_rows=job.batch_size):
+        tables.append(ray.put(table))
+        total += table.num_rows
+    ds = ray.data.from_arrow_refs(tables)
     ds = ds.map_batches(
         predictor or SydesPredictor, batch_size=job.batch_size, batch_format="pyarrow",
         fn_constructor_kwargs={"bundle": job.bundle, "passthrough": [KEY_COLUMN], "backend": job.backend,
                                "device": job.device, "threads": job.threads, "batch_size": job.batch_size,
                                "workers": job.workers},
         compute=ray.data.ActorPoolStrategy(size=job.actors), num_cpus=job.cpus_per_actor,
-        num_gpus=job.gpus_per_actor or None, udf_modifying_row_count=False,
-        # Ray Data's defaults, pinned: a dead actor is restarted and its batch retried on a live one
-        max_restarts=-1, max_task_retries=-1)
+        num_gpus=job.gpus_per_actor or None, udf_modifying_row_count=False)
     ds.write_datasink(JsonlResultSink(str(out)))
-    shutil.rmtree(staging, ignore_errors=True)
+    del tables
     parts = sorted(out.glob("*.jsonl"))
     rows = failed = 0
     for p in parts:  # streamed: counts only
@@ -152,32 +153,20 @@ def run_job(plan: InputPlan, job: RayJob, predictor: type | None = None) -> dict
     return info
 
 
-def stage_rows(plan: InputPlan, folder: Path, *, target_files: int, min_rows: int) -> int:
-    """Write the plan's items as parquet files (_sydes_key, image, text, error, error_type) under `folder`,
-    about `target_files` of them (so every actor gets blocks), streamed; -> the row count."""
+def stage_rows(plan: InputPlan, *, target_blocks: int, min_rows: int) -> Iterator[Any]:
+    """The plan's items as pyarrow tables (_sydes_key, image, text, error, error_type), about
+    `target_blocks` of them (so every actor gets work), at most 65,536 rows each; streamed."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from sdk.commands.analyze import iter_items
     from sdk.commands.analyze_output import Shard
     from sdk.integrations.ray_sink import KEY_COLUMN
 
     total = sum(1 for _ in iter_items(plan, Shard()))
-    per_file = min(65536, max(min_rows, -(-total // max(1, target_files))))
+    per_block = min(65536, max(min_rows, -(-total // max(1, target_blocks))))
     schema = pa.schema([(KEY_COLUMN, pa.string()), ("image", pa.string()), ("text", pa.string()),
                         ("error", pa.string()), ("error_type", pa.string())])
-    folder.mkdir(parents=True, exist_ok=True)
     cols: dict[str, list[Any]] = {n: [] for n in schema.names}
-    n_files = 0
-
-    def flush() -> None:
-        nonlocal n_files
-        if cols[KEY_COLUMN]:
-            pq.write_table(pa.table(cols, schema=schema), folder / f"part-{n_files:06d}.parquet")
-            n_files += 1
-            for v in cols.values():
-                v.clear()
-
     for key, item in iter_items(plan, Shard()):
         cols[KEY_COLUMN].append(json.dumps(key, ensure_ascii=False))
         error = etype = image = text = None
@@ -190,7 +179,8 @@ def stage_rows(plan: InputPlan, folder: Path, *, target_files: int, min_rows: in
             image, text = str(item[0]), item[1]
         for name, value in (("image", image), ("text", text), ("error", error), ("error_type", etype)):
             cols[name].append(value)
-        if len(cols[KEY_COLUMN]) >= per_file:
-            flush()
-    flush()
-    return total
+        if len(cols[KEY_COLUMN]) >= per_block:
+            yield pa.table(cols, schema=schema)
+            cols = {n: [] for n in schema.names}
+    if cols[KEY_COLUMN]:
+        yield pa.table(cols, schema=schema)

@@ -156,9 +156,8 @@ class _BatchView:
             if isinstance(c.type, pa.ExtensionType):  # Ray's tensor type: ndarray rows
                 return list(c.to_numpy())
             return c.to_pylist()
-        if self.kind == "pandas":
-            return [None if _is_na(v) else v for v in self.batch[col].tolist()]
-        return list(self.batch[col])
+        vals = self.batch[col].tolist() if self.kind == "pandas" else list(self.batch[col])
+        return [None if _is_na(v) else v for v in vals]  # pandas / numpy spell a missing value NaN
 
     def arrow(self, col: str) -> Any:
         """A passthrough column as an arrow array (its values and type unchanged)."""
@@ -173,5 +172,5 @@ class _BatchView:
 
 
 def _is_na(v: Any) -> bool:
-    """pandas turns missing values into NaN / None / NA; only a scalar float NaN or pandas NA counts."""
+    """pandas and numpy turn missing values into NaN / None / NA; a scalar float NaN or pandas NA counts."""
     return v is None or (isinstance(v, float) and v != v) or type(v).__name__ in ("NAType", "NaTType")
