@@ -247,6 +247,9 @@ def main() -> int:
     report["resume"] = resume_memory(tmp, sizes, want[0])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
