@@ -198,3 +198,23 @@ def test_importing_the_integration_pulls_in_no_engine() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_engine_ray_option_errors(bundle: Path, posts: Path, tmp_path: Path, capsys) -> None:
+    """Each is refused before Ray starts (no ray.init here)."""
+    base = ["analyze", str(bundle), "--input", str(posts), "--engine", "ray", "--no-progress"]
+    assert main([*base, "--output", str(tmp_path / "o"), "--num-shards", "2"]) == 1
+    assert "--num-shards is for --engine process" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "o"), "--actors", "0"]) == 1
+    assert "--actors must be >= 1, got 0" in capsys.readouterr().err
+    (tmp_path / "f.jsonl").write_text("")
+    assert main([*base, "--output", str(tmp_path / "f.jsonl")]) == 1
+    assert "is a file; with --engine ray it is a folder" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "x_000000.jsonl").write_text("{}\n")
+    assert main([*base, "--output", str(tmp_path / "half")]) == 1
+    assert "part files of an unfinished run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: a usage error that lists the engines
+        main([*base, "--output", str(tmp_path / "o"), "--engine", "spark"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'spark'" in err and "process" in err and "ray" in err

@@ -100,6 +100,7 @@ def run_ray(args: argparse.Namespace, plan: InputPlan) -> int:
                  cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
                  batch_size=args.batch_size, workers=args.workers, backend=args.backend, device=args.device,
                  threads=args.threads)
+    check_output(job.output)
     started = start_ray(args.address)
     try:
         info = run_job(plan, job)
@@ -118,11 +119,7 @@ def run_job(plan: InputPlan, job: RayJob, predictor: type | None = None) -> dict
     from sdk.integrations.ray_sink import KEY_COLUMN, JsonlResultSink
 
     out = job.output
-    if (out / SUCCESS).is_file():
-        raise ConfigError(f"{out} already holds a finished Ray run ({out / SUCCESS}); use a new --output")
-    if out.exists() and any(out.glob("*.jsonl")):
-        raise ConfigError(f"{out} holds part files of an unfinished run; Ray runs do not resume: remove "
-                          "them or use a new --output (or --engine process shards, which resume)")
+    check_output(out)
     # no read tasks: on a small cluster the actors hold every CPU, and a read task would wait for one forever
     tables, total = [], 0
     for table in stage_rows(plan, target_blocks=4 * job.actors, min_rows=job.batch_size):
@@ -151,6 +148,17 @@ def run_job(plan: InputPlan, job: RayJob, predictor: type | None = None) -> dict
             "bundle": job.bundle, "actors": job.actors}
     atomic_write_text(out / SUCCESS, json.dumps(info, indent=2) + "\n")
     return info
+
+
+def check_output(out: Path) -> None:
+    """--output must be a new or empty folder (checked before Ray starts: a wrong one costs nothing)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; with --engine ray it is a folder of part files")
+    if (out / SUCCESS).is_file():
+        raise ConfigError(f"{out} already holds a finished Ray run ({out / SUCCESS}); use a new --output")
+    if out.exists() and any(out.glob("*.jsonl")):
+        raise ConfigError(f"{out} holds part files of an unfinished run; Ray runs do not resume: remove "
+                          "them or use a new --output (or --engine process shards, which resume)")
 
 
 def stage_rows(plan: InputPlan, *, target_blocks: int, min_rows: int) -> Iterator[Any]:
