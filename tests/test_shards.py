@@ -141,3 +141,14 @@ def test_resume_scan_memory_is_flat_in_rows(tmp_path: Path) -> None:
         assert rp.done == n and rp.last["id"] == f"p{n}"
     # a chunk, its copy and its lines (~5 MB), whatever the row count; 10x the rows, not 10x the memory
     assert peaks[300_000] < 8 * 2**20 and peaks[300_000] < 1.2 * peaks[30_000]
+
+
+def test_scan_across_read_chunks(tmp_path: Path, monkeypatch) -> None:
+    import sdk.commands.analyze_output as ao
+
+    monkeypatch.setattr(ao, "CHUNK", 7)  # every line spans several reads
+    p = tmp_path / "o.jsonl"
+    full = "".join(f'{{"row": {k}, "id": "p{k}", "ok": true}}\n' for k in range(1, 30))
+    p.write_text(full + '{"row": 30, "id": "p3')
+    rp = scan_output(p)
+    assert rp.done == 29 and rp.last == {"row": 29, "id": "p29", "ok": True} and p.read_text() == full
