@@ -70,3 +70,20 @@ class Result:
             error=d.get("error"),
             error_type=d.get("error_type"),
         )
+
+
+# --- the output row of `sydes analyze` (file mode, shards, the Ray engine): one schema, one writer ------
+RESULT_FIELDS = ("ok", "tasks", "error", "error_type")
+
+
+def result_record(key: dict[str, Any], result: Result) -> dict[str, Any]:
+    """One output row: the row's key fields first (`row`, the input's data-row number from 1, then `id`
+    where the input has an id column), then `Result.to_dict()`'s fields. Resume relies on `row` coming first."""
+    rec = dict(key)
+    rec.update(result.to_dict())
+    return rec
+
+
+def record_line(rec: dict[str, Any]) -> str:
+    """One JSONL line (with its newline) for an output row; every writer of analyze rows goes through here."""
+    return json.dumps(rec, ensure_ascii=False) + "\n"

@@ -12,7 +12,7 @@ from bundle_fixture import build_fake_bundle
 from PIL import Image
 
 from sdk.cli import main
-from sdk.commands.analyze import load_done
+from sdk.commands.analyze_output import scan_output
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +87,17 @@ def test_analyze_file_resume_and_torn_line(bundle: Path, posts: Path, tmp_path: 
     assert len(_lines(out)) == 7 and "0 posts analysed" in capsys.readouterr().err
 
 
-def test_load_done_rules(tmp_path: Path) -> None:
+def test_resume_scan_rules(tmp_path: Path) -> None:
+    """Was test_load_done_rules: resume no longer collects keys (memory flat in rows, tests/test_shards.py)
+    but counts the finished prefix, so rows are numbered from 1 in input order; the rules are the same."""
     p = tmp_path / "o.jsonl"
-    p.write_text('{"row": 0}\n{"row": 1}')  # complete last record without its newline
-    assert load_done(p, "row") == {"0", "1"} and p.read_text().endswith("}\n")
-    p.write_text('{"row": 0}\n{"ro')
-    assert load_done(p, "row") == {"0"} and p.read_text() == '{"row": 0}\n'
-    p.write_text('{"row": 0}\ngarbage\n{"row": 2}\n')
+    p.write_text('{"row": 1, "ok": true}\n{"row": 2, "ok": true}')  # complete last record without its newline
+    assert scan_output(p).done == 2 and p.read_text().endswith("}\n")
+    p.write_text('{"row": 1, "ok": true}\n{"ro')
+    assert scan_output(p).done == 1 and p.read_text() == '{"row": 1, "ok": true}\n'
+    p.write_text('{"row": 1, "ok": true}\ngarbage\n{"row": 3, "ok": true}\n')
     with pytest.raises(Exception, match="line 2 is not a result line"):
-        load_done(p, "row")
+        scan_output(p)
 
 
 def test_analyze_csv_with_row_keys_and_pattern(bundle: Path, posts: Path, tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
 """`sydes analyze`: one post (`BUNDLE IMAGE TEXT` -> JSON) or a file of posts (`--input` -> `--output`).
 
-File mode reads posts.jsonl or posts.csv, writes one JSON line per post (flushed as it finishes), and is
-resumable: rows already in the output (keyed by the id column, else the row number) are skipped, and a torn
-last line left by a crash or Ctrl-C is cut off before appending. Failed rows are written with their reason.
+File mode reads posts.jsonl or posts.csv and writes one JSON line per post, in input order, flushed as it
+finishes (`sdk.results.result_record`: row, id, ok, tasks, error, error_type); failed rows are written with
+their reason. It resumes: the output's finished rows are a prefix of the input's, so a re-run counts them
+(memory flat in rows: `sdk.commands.analyze_output`), cuts off a torn last line and goes on. A run that
+ends writes a completion marker (OUTPUT.done). `--num-shards N --shard-index I` runs one of N shards
+(row n belongs to shard (n - 1) % N) into its own output; `--engine ray` runs the job on a Ray cluster
+(`sdk.commands.analyze_ray`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdk.commands.analyze_output import Shard, fsync_file, marker_path, read_marker, scan_output, write_marker
 from sdk.errors import ConfigError, DataError
+from sdk.results import record_line, result_record
 
 log = logging.getLogger("sdk.commands.analyze")
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename")
@@ -48,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="default auto")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: physical cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--num-shards", type=int, default=1, help="split the input into N shards "
+                        "(row n goes to shard (n-1) %% N); each shard writes OUTPUT-0000I-of-0000N.jsonl")
+    parser.add_argument("--shard-index", type=int, default=0, help="which shard this run does (0..N-1)")
+    from sdk.commands.analyze_ray import add_ray_arguments
+
+    add_ray_arguments(parser)
 
 
 # --- input rows ---------------------------------------------------------------------------------------
@@ -84,35 +96,79 @@ def _pick(columns: list[str], explicit: str | None, defaults: tuple[str, ...], w
     return next((c for c in defaults if c in columns), None)
 
 
-# --- resume -------------------------------------------------------------------------------------------
-def load_done(path: Path, key_field: str) -> set[str]:
-    """Keys already in `path`; a torn (unparseable) LAST line is cut off, one in the middle is an error."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    done: set[str] = set()
-    offset = 0
-    lines = data.split(b"\n")
-    for i, line in enumerate(lines):
-        end = offset + len(line) + (1 if i < len(lines) - 1 else 0)
-        if line.strip():
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict) or key_field not in rec:
-                    raise ValueError(f"no '{key_field}' field")
-            except ValueError as e:
-                if i >= len(lines) - 2 and not any(x.strip() for x in lines[i + 1:]):
-                    log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(line))
-                    with open(path, "r+b") as f:
-                        f.truncate(offset)
-                    return done
-                raise DataError(f"{path} line {i + 1} is not a result line ({e}); fix or remove it") from None
-            done.add(str(rec[key_field]))
-        offset = end
-    if data and not data.endswith(b"\n"):  # complete JSON but its newline was lost: restore it
-        with open(path, "ab") as f:
-            f.write(b"\n")
-    return done
+# --- the input plan and its items (shared by both engines) --------------------------------------------
+@dataclass(frozen=True)
+class InputPlan:
+    """Which columns of `path` hold the id, text and image path, and where relative image paths start."""
+
+    path: Path
+    id_col: str | None
+    text_col: str | None
+    image_col: str | None
+    image_pattern: str | None
+    root: Path
+
+
+def plan_input(args: argparse.Namespace) -> InputPlan:
+    first = next((r for r in read_rows(args.input) if isinstance(r, dict)), None)
+    columns = list(first) if first else []
+    id_col = _pick(columns, args.id_column, ("id",), "id")
+    text_col = _pick(columns, args.text_column, TEXT_COLUMNS, "text")
+    image_col = None if args.image_pattern else _pick(columns, args.image_column, IMAGE_COLUMNS, "image")
+    if first is not None and text_col is None:
+        raise DataError(f"no text column in {args.input} (columns: {', '.join(columns)}); pass --text-column")
+    if first is not None and image_col is None and not args.image_pattern:
+        raise DataError(f"no image column in {args.input} (columns: {', '.join(columns)}); "
+                        "pass --image-column or --image-pattern")
+    return InputPlan(args.input, id_col, text_col, image_col, args.image_pattern, args.image_root or args.input.parent)
+
+
+def iter_items(plan: InputPlan, shard: Shard) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(key, item) for each of the shard's rows, in input order: key = {"row": n[, "id": ...]}, item =
+    (image path, text) or the DataError that row raised (it keeps its place and is written as failed)."""
+    # n counts data rows from 1 (header excluded), as MSED names its images: row K <-> images/K.jpg
+    for n, row in enumerate(read_rows(plan.path), start=1):
+        if not shard.owns(n):
+            continue
+        key: dict[str, Any] = {"row": n}
+        if isinstance(row, DataError):
+            if plan.id_col:
+                key["id"] = f"row-{n}"
+            yield key, row
+            continue
+        if plan.id_col:
+            key["id"] = row.get(plan.id_col)
+        try:
+            text = row.get(plan.text_col) if plan.text_col else None
+            if plan.image_pattern:
+                rel = plan.image_pattern.format(row=n, id=key.get("id"), **{k: v for k, v in row.items()
+                                                                           if isinstance(k, str)})
+            else:
+                rel = row.get(plan.image_col)
+            if not isinstance(rel, str) or not rel:
+                raise DataError(f"row {n} has no image path in column {plan.image_col!r}")
+            path = Path(rel)
+            yield key, (path if path.is_absolute() else plan.root / path, text)
+        except (DataError, KeyError, IndexError, ValueError) as e:
+            yield key, e if isinstance(e, DataError) else DataError(f"row {n}: bad --image-pattern: {e}")
+
+
+def _resume_items(plan: InputPlan, shard: Shard, done: int, last: dict[str, Any] | None,
+                  out: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """The shard's items after the `done` already written; checks the last written row is the input's."""
+    it = iter_items(plan, shard)
+    key: dict[str, Any] | None = None
+    for _ in range(done):
+        pair = next(it, None)
+        if pair is None:
+            raise DataError(f"{out} has {done} rows but this shard of {plan.path} has fewer: the input "
+                            "changed since the output was started; use a new --output")
+        key = pair[0]
+    if key is not None and last is not None and key.get("id") != last.get("id"):
+        raise DataError(f"{out} row {key['row']} has id {last.get('id')!r} but {plan.path} has "
+                        f"{key.get('id')!r} there: the input changed since the output was started; "
+                        "use a new --output")
+    yield from it
 
 
 # --- commands -----------------------------------------------------------------------------------------
@@ -126,85 +182,51 @@ def _single(args: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
-def _file(args: argparse.Namespace) -> int:
+def _file(args: argparse.Namespace, plan: InputPlan, shard: Shard) -> int:
     from tqdm import tqdm
 
     from sdk.analyzer import Analyzer
 
-    if args.output is None:
-        raise ConfigError("--input needs --output (results are written one JSON line per post)")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    first = next((r for r in read_rows(args.input) if isinstance(r, dict)), None)
-    columns = list(first) if first else []
-    id_col = _pick(columns, args.id_column, ("id",), "id")
-    text_col = _pick(columns, args.text_column, TEXT_COLUMNS, "text")
-    image_col = None if args.image_pattern else _pick(columns, args.image_column, IMAGE_COLUMNS, "image")
-    if first is not None and text_col is None:
-        raise DataError(f"no text column in {args.input} (columns: {', '.join(columns)}); pass --text-column")
-    if first is not None and image_col is None and not args.image_pattern:
-        raise DataError(f"no image column in {args.input} (columns: {', '.join(columns)}); "
-                        "pass --image-column or --image-pattern")
-    key_field = "id" if id_col else "row"
-    root = args.image_root or args.input.parent
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    done = load_done(args.output, key_field)
-    total = sum(1 for _ in read_rows(args.input))
-    meta: deque[dict[str, Any]] = deque()
+    out_path = shard.output_path(args.output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(1 for _ in iter_items(plan, shard))  # streamed: memory flat in rows
+    marker = read_marker(out_path)
+    # the marker holds the rows and bytes it saw: a grown input or an edited output makes it stale
+    if (marker is not None and out_path.is_file() and marker.get("rows") == total
+            and marker.get("bytes") == out_path.stat().st_size):
+        print(f"0 posts analysed (0 failed), {total} already in {out_path} (complete: {marker_path(out_path)})",
+              file=sys.stderr)
+        return 0
+    marker_path(out_path).unlink(missing_ok=True)  # stale: this run writes a new one
+    resume = scan_output(out_path, shard)
+    meta: deque[dict[str, Any]] = deque()  # keys of the items in flight: bounded by stream's prefetch
 
     def items() -> Iterator[Any]:
-        # n counts data rows from 1 (header excluded), as MSED names its images: row K <-> images/K.jpg
-        for n, row in enumerate(read_rows(args.input), start=1):
-            rec: dict[str, Any] = {"row": n}
-            if isinstance(row, DataError):
-                key = str(n) if not id_col else f"row-{n}"
-                if key in done:
-                    continue
-                rec[key_field] = key if id_col else n
-                meta.append(rec)
-                yield row
-                continue
-            if id_col:
-                rec["id"] = row.get(id_col)
-            key = str(rec[key_field])
-            if key in done:
-                continue
-            meta.append(rec)
-            try:
-                text = row.get(text_col) if text_col else None
-                if args.image_pattern:
-                    rel = args.image_pattern.format(row=n, id=rec.get("id"), **{k: v for k, v in row.items()
-                                                                              if isinstance(k, str)})
-                else:
-                    rel = row.get(image_col)
-                if not isinstance(rel, str) or not rel:
-                    raise DataError(f"row {n} has no image path in column {image_col!r}")
-                path = Path(rel)
-                yield (path if path.is_absolute() else root / path, text)
-            except (DataError, KeyError, IndexError, ValueError) as e:
-                yield e if isinstance(e, DataError) else DataError(f"row {n}: bad --image-pattern: {e}")
+        for key, item in _resume_items(plan, shard, resume.done, resume.last, out_path):
+            meta.append(key)
+            yield item
 
     n_ok = n_bad = 0
     with Analyzer(args.bundle, device=args.device, backend=args.backend, threads=args.threads,
                   max_batch_size=max(args.batch_size, 1)) as az, \
-            open(args.output, "a", encoding="utf-8") as out, \
-            tqdm(total=max(0, total - len(done)), unit="post", disable=True if args.no_progress else None,
+            open(out_path, "a", encoding="utf-8") as out, \
+            tqdm(total=max(0, total - resume.done), unit="post", disable=True if args.no_progress else None,
                  file=sys.stderr) as bar:
         try:
             for result in az.stream(items(), batch_size=args.batch_size, workers=args.workers):
-                rec = meta.popleft()
-                rec.update(result.to_dict())
-                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                out.write(record_line(result_record(meta.popleft(), result)))
                 out.flush()  # one complete line at a time: an interrupted run leaves a valid prefix
                 n_ok += result.ok
                 n_bad += not result.ok
                 bar.update(1)
         except KeyboardInterrupt:
-            out.flush()
-            os.fsync(out.fileno())
+            fsync_file(out)
             print(f"\ninterrupted after {n_ok + n_bad} posts; re-run the same command to resume", file=sys.stderr)
             raise
-    print(f"{n_ok + n_bad} posts analysed ({n_bad} failed), {len(done)} already in {args.output}",
+        fsync_file(out)
+    write_marker(out_path, {"rows": total, "bytes": out_path.stat().st_size, "input": str(plan.path), "num_shards": shard.count,
+                            "shard_index": shard.index, "bundle": str(args.bundle)})
+    print(f"{n_ok + n_bad} posts analysed ({n_bad} failed), {resume.done} already in {out_path}",
           file=sys.stderr)
     return 0
 
@@ -213,7 +235,19 @@ def run(args: argparse.Namespace) -> int:
     if args.input is not None:
         if args.image or args.text:
             raise ConfigError("give either IMAGE TEXT or --input, not both")
-        return _file(args)
+        if args.output is None:
+            raise ConfigError("--input needs --output (results are written one JSON line per post)")
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        shard = Shard(args.num_shards, args.shard_index)
+        plan = plan_input(args)
+        if args.engine == "ray":
+            from sdk.commands.analyze_ray import run_ray
+
+            if shard.count > 1:
+                raise ConfigError("--num-shards is for --engine process; with --engine ray, Ray splits the work")
+            return run_ray(args, plan)
+        return _file(args, plan, shard)
     if args.image is None or args.text is None:
         raise ConfigError("give IMAGE and TEXT (one post) or --input FILE --output FILE (many posts)")
     return _single(args)
