@@ -34,6 +34,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("export", "export.commands.export", "export", "export checkpoint(s) to a verified bundle or engine"),
     Command("info", "sdk.commands.info", "cpu", "print a bundle's manifest"),
     Command("analyze", "sdk.commands.analyze", "cpu", "analyse posts with a bundle"),
+    Command("triton", "sdk.commands.triton", "cpu", "write a Triton Inference Server model repository from a bundle"),
     Command("serve", "sdk.commands.serve", "cpu,serve", "serve a bundle over HTTP (micro-batched, sheds load)"),
     Command("benchmark", "training.commands.benchmark", "cpu",
             "measure a bundle's latency and throughput (--compare: vs torch eager)"),
