@@ -220,3 +220,16 @@ def test_cli_and_static_graph_refused(bundle: Path, tmp_path: Path) -> None:
 
     with pytest.raises(BundleError, match="'global_pixels' has shape \\[1, 224, 224, 3\\]: Triton batching needs"):
         model_configs(Bundle(path=b.path, manifest=validate_manifest(raw)), TritonOptions())
+
+
+def test_client_sample_builds_the_ensembles_inputs() -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
+    try:
+        import triton_client
+    finally:
+        sys.path.pop(0)
+    img, txt = triton_client.make_inputs([b"\xff\xd8jpeg", b"png"], ["a caption", "é"], grpcclient)
+    assert (img.name(), img.datatype(), img.shape()) == ("IMAGE", "BYTES", [2, 1])
+    assert (txt.name(), txt.datatype(), txt.shape()) == ("TEXT", "BYTES", [2, 1])
+    assert txt._get_tensor().name == "TEXT" and len(txt._get_content()) > 0
