@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-connections", type=int, default=None,
                         help="concurrent connections at most (default: 2 x max-queue + 16)")
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on a 503")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,5 +47,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"sydes serve: http://{cfg.host}:{cfg.port} (max_queue {cfg.queue_limit()}, deadline "
           f"{cfg.deadline_ms:g} ms, max body {cfg.max_body_mb:g} MB)", flush=True)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info",
-                limit_concurrency=cfg.connection_limit(), timeout_graceful_shutdown=30)
+                limit_concurrency=cfg.connection_limit(), timeout_graceful_shutdown=30,
+                access_log=not args.no_access_log)
     return 0
