@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this tree's sdk, not an installed one
 MAX_RATE, MAX_STEP_S = 2000, 60  # bounded: a local measurement, not a traffic generator
 
 

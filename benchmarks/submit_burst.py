@@ -3,8 +3,8 @@
     python benchmarks/submit_burst.py [--threads 32] [--per-thread 250] [--baseline-ref 7069aa2]
 
 Builds the tiny fake bundle of the tests (tests/bundle_fixture.py), then in a fresh process per run:
-loads an Analyzer (default settings but max_batch_size / threads), answers 64 distinct posts (JPEG
-bytes, 320x240, + text) one at a time, then THREADS threads each submit PER_THREAD posts (post
+loads an Analyzer (default settings, threads=1), answers 64 distinct posts (JPEG bytes,
+--image-size, + text) one at a time, then THREADS threads each submit PER_THREAD posts (post
 i % 64) at once and wait on all their Futures. Reports RSS after loading, peak RSS (ru_maxrss) and the
 largest difference from the sequential answers. `--baseline-ref REF` also runs the same burst on
 sdk/ as of git commit REF (before bounded submits) in the same run, for the before/after ratio.
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this tree's sdk, not an installed one
 
 CHILD = r"""
 import io, json, resource, sys, threading, time
@@ -30,6 +31,7 @@ from PIL import Image
 from sdk import Analyzer
 
 bundle, threads, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+W, H = map(int, sys.argv[4].split("x"))
 
 def rss_mb():
     with open("/proc/self/status") as f:
@@ -38,7 +40,7 @@ def rss_mb():
                 return int(line.split()[1]) / 1024
 
 def jpeg(i):
-    a = np.random.default_rng(i).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    a = np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8)
     b = io.BytesIO(); Image.fromarray(a).save(b, format="JPEG", quality=85); return b.getvalue()
 
 posts = [(jpeg(i), ["a happy dog", "sad day at the beach", "party with friends", "angry man"][i % 4])
@@ -73,9 +75,9 @@ print(json.dumps({"answered": len(diffs) + bad, "failed": bad, "max_abs_diff": m
 """
 
 
-def run_child(sdk_root: Path, bundle: Path, threads: int, per: int) -> dict:
+def run_child(sdk_root: Path, bundle: Path, threads: int, per: int, size: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(sdk_root), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", CHILD, str(bundle), str(threads), str(per)], capture_output=True,
+    p = subprocess.run([sys.executable, "-c", CHILD, str(bundle), str(threads), str(per), size], capture_output=True,
                        text=True, env=env, cwd=sdk_root, timeout=1800)
     if p.returncode != 0:
         raise SystemExit(f"burst run failed under {sdk_root}:\n{p.stderr[-3000:]}")
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--per-thread", type=int, default=250)
+    ap.add_argument("--image-size", default="64x48", help="WxH of the JPEG posts (small: decoding outpaces "
+                    "the model, as with a real model, so queued posts pile up decoded without a bound)")
     ap.add_argument("--baseline-ref", default="", help="git commit whose sdk/ is the 'before' run")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -93,16 +97,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = build_fake_bundle(Path(tmp) / "fake.sydes")
-        runs = {"this tree": run_child(ROOT, bundle, args.threads, args.per_thread)}
+        runs = {"this tree": run_child(ROOT, bundle, args.threads, args.per_thread, args.image_size)}
         if args.baseline_ref:
             base = Path(tmp) / "base"
             base.mkdir()
             arch = subprocess.run(["git", "archive", args.baseline_ref, "sdk"], cwd=ROOT, capture_output=True,
                                   check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(base)], input=arch, check=True)
-            runs[f"sdk @ {args.baseline_ref}"] = run_child(base, bundle, args.threads, args.per_thread)
+            runs[f"sdk @ {args.baseline_ref}"] = run_child(base, bundle, args.threads, args.per_thread, args.image_size)
     n = args.threads * args.per_thread
-    print(f"burst: {args.threads} threads x {args.per_thread} submits = {n} posts, tiny bundle, CPU")
+    print(f"burst: {args.threads} threads x {args.per_thread} submits = {n} posts ({args.image_size} JPEG bytes), "
+          f"tiny bundle, CPU")
     print(f"{'run':<22}{'answered':>9}{'failed':>7}{'max|diff|':>11}{'RSS loaded':>12}{'peak RSS':>10}"
           f"{'wall s':>8}{'max_queued':>11}")
     for name, r in runs.items():
