@@ -6,7 +6,8 @@ Starts `sydes serve` as a child process (no BUNDLE: the tests' tiny fake bundle,
 overhead) and drives it open-loop from this process: at each offered rate, requests (one JPEG post,
 JSON + base64) leave at fixed intervals for --step-s seconds whatever the answers do, at most
 --max-in-flight at once (a bound on this tool, not on the server). Per step: answered 200 per second,
-p50 / p99 latency of the 200s, p99 of the 503s (shed at once?), shed (503) and late (504) shares, and
+p50 / p99 latency of the 200s (client's view, and p99 of the service's own
+time from its Server-Timing header), p99 of the 503s (shed at once?), shed (503) and late (504) shares, and
 the server's RSS (VmRSS at the step's end; VmHWM = its peak). Loopback only; bounded; asserts nothing.
 Client and server share this machine's cores: on 2 cores the client's own CPU caps the top rates.
 """
@@ -66,6 +67,7 @@ def start_server(bundle: Path, args: argparse.Namespace) -> tuple[subprocess.Pop
 async def step(client, body: bytes, rate: float, seconds: float, max_in_flight: int) -> dict:
     """Open loop: a request every 1/rate s for `seconds`; -> per-status latencies."""
     lat: dict[int, list[float]] = {}
+    server: list[float] = []  # the service's own time of its 200s (Server-Timing)
     sem = asyncio.Semaphore(max_in_flight)
     skipped = 0
 
@@ -74,6 +76,8 @@ async def step(client, body: bytes, rate: float, seconds: float, max_in_flight: 
         try:
             r = await client.post("/v1/analyze", content=body, headers={"content-type": "application/json"})
             code = r.status_code
+            if code == 200:
+                server.append(float(r.headers.get("server-timing", "app;dur=nan").split("dur=")[1]))
         except Exception:  # noqa: BLE001 - a refused / reset connection counts as its own kind
             code = -1
         finally:
@@ -90,7 +94,7 @@ async def step(client, body: bytes, rate: float, seconds: float, max_in_flight: 
         tasks.append(asyncio.create_task(one()))
     sent_wall = time.perf_counter() - t0
     await asyncio.gather(*tasks)
-    return {"lat": lat, "sent": len(tasks), "skipped": skipped, "wall": max(sent_wall, 1e-9)}
+    return {"lat": lat, "server": server, "sent": len(tasks), "skipped": skipped, "wall": max(sent_wall, 1e-9)}
 
 
 async def drive(port: int, srv_pid: int, args: argparse.Namespace) -> list[dict]:
@@ -114,19 +118,20 @@ async def drive(port: int, srv_pid: int, args: argparse.Namespace) -> list[dict]
             ok, shed, late = (s["lat"].get(c, []) for c in (200, 503, 504))
             other = sum(len(v) for c, v in s["lat"].items() if c not in (200, 503, 504))
             rows.append({"offered": rate, "sent": s["sent"], "skipped": s["skipped"], "ok_per_s": len(ok) / s["wall"],
-                         "p50": _pct(ok, 50), "p99": _pct(ok, 99), "shed_p99": _pct(shed, 99),
+                         "p50": _pct(ok, 50), "p99": _pct(ok, 99),
+                         "srv_p99": _pct(s["server"], 99), "shed_p99": _pct(shed, 99),
                          "shed": len(shed) / max(1, s["sent"]), "late": len(late) / max(1, s["sent"]),
                          "other": other, "rss_mb": _status_kb(srv_pid, "VmRSS")})
             print(_fmt(rows[-1]), flush=True)
     return rows
 
 
-HEAD = (f"{'offered/s':>9}{'sent':>6}{'ok/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'503 p99':>8}{'shed':>7}{'late':>6}"
+HEAD = (f"{'offered/s':>9}{'sent':>6}{'ok/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'srv p99':>8}{'503 p99':>8}{'shed':>7}{'late':>6}"
         f"{'other':>6}{'RSS MB':>8}")
 
 
 def _fmt(r: dict) -> str:
-    return (f"{r['offered']:>9g}{r['sent']:>6}{r['ok_per_s']:>8.1f}{r['p50']:>8.1f}{r['p99']:>8.1f}"
+    return (f"{r['offered']:>9g}{r['sent']:>6}{r['ok_per_s']:>8.1f}{r['p50']:>8.1f}{r['p99']:>8.1f}{r['srv_p99']:>8.1f}"
             f"{r['shed_p99']:>8.1f}{r['shed']:>7.1%}{r['late']:>6.1%}{r['other']:>6}{r['rss_mb']:>8.0f}")
 
 
@@ -144,6 +149,7 @@ def plot(rows: list[dict], path: Path, deadline_ms: float) -> None:
     ax[0, 0].legend()
     ax[0, 1].plot(x, [r["p50"] for r in rows], "o-", label="p50 (200)")
     ax[0, 1].plot(x, [r["p99"] for r in rows], "o-", label="p99 (200)")
+    ax[0, 1].plot(x, [r["srv_p99"] for r in rows], "s--", label="p99 in the service (Server-Timing)")
     ax[0, 1].plot(x, [r["shed_p99"] for r in rows], "x--", label="p99 (503)")
     ax[0, 1].axhline(deadline_ms, color="red", ls=":", label="deadline")
     ax[0, 1].set(title="latency (ms)", xlabel="offered req/s", yscale="log")

@@ -108,6 +108,7 @@ def test_happy_path_json_and_multipart_equal_analyzer(service, bundle: Path) -> 
     m = service.post("/v1/analyze", files={"image": ("x.jpg", img, "image/jpeg")}, data={"text": "a happy dog"})
     assert m.status_code == 200, m.text
     assert m.json()["tasks"]["sentiment"] == got["tasks"]["sentiment"]
+    assert m.headers["server-timing"].startswith("app;dur=")
     assert service.get("/healthz").json()["status"] == "alive"
     info = service.get("/v1/info").json()
     assert info["backend"] == "onnxruntime" and info["max_queued"] == 16

@@ -133,8 +133,10 @@ def create_app(cfg: ServeConfig, analyzer_factory: AnalyzerFactory | None = None
     async def analyze(request: Request) -> Any:
         t0 = time.perf_counter()
         status, payload, headers = await _analyze(state, request, t0)
-        state.metrics.latency.observe(time.perf_counter() - t0)
-        return answer(ANALYZE, status, payload, headers)
+        took = time.perf_counter() - t0
+        state.metrics.latency.observe(took)
+        # Server-Timing: the service's own share of the latency (a client's view adds network and queues)
+        return answer(ANALYZE, status, payload, {**(headers or {}), "Server-Timing": f"app;dur={took * 1000:.1f}"})
 
     return app
 
