@@ -5,7 +5,8 @@
 Starts `sydes serve` as a child process (no BUNDLE: the tests' tiny fake bundle, i.e. the service's own
 overhead) and drives it open-loop from this process: at each offered rate, requests (one JPEG post,
 JSON + base64) leave at fixed intervals for --step-s seconds whatever the answers do, at most
---max-in-flight at once (a bound on this tool, not on the server). Per step: answered 200 per second,
+--max-in-flight at once (a bound on this tool, not on the server). Per step: the rate really sent
+(below the offered one when this client runs out of CPU), answered 200 per second,
 p50 / p99 latency of the 200s (client's view, and p99 of the service's own
 time from its Server-Timing header), p99 of the 503s (shed at once?), shed (503) and late (504) shares, and
 the server's RSS (VmRSS at the step's end; VmHWM = its peak). Loopback only; bounded; asserts nothing.
@@ -117,7 +118,7 @@ async def drive(port: int, srv_pid: int, args: argparse.Namespace) -> list[dict]
             s = await step(client, body, rate, args.step_s, args.max_in_flight)
             ok, shed, late = (s["lat"].get(c, []) for c in (200, 503, 504))
             other = sum(len(v) for c, v in s["lat"].items() if c not in (200, 503, 504))
-            rows.append({"offered": rate, "sent": s["sent"], "skipped": s["skipped"], "ok_per_s": len(ok) / s["wall"],
+            rows.append({"offered": rate, "sent": s["sent"], "sent_per_s": s["sent"] / s["wall"], "skipped": s["skipped"], "ok_per_s": len(ok) / s["wall"],
                          "p50": _pct(ok, 50), "p99": _pct(ok, 99),
                          "srv_p99": _pct(s["server"], 99), "shed_p99": _pct(shed, 99),
                          "shed": len(shed) / max(1, s["sent"]), "late": len(late) / max(1, s["sent"]),
@@ -126,12 +127,12 @@ async def drive(port: int, srv_pid: int, args: argparse.Namespace) -> list[dict]
     return rows
 
 
-HEAD = (f"{'offered/s':>9}{'sent':>6}{'ok/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'srv p99':>8}{'503 p99':>8}{'shed':>7}{'late':>6}"
+HEAD = (f"{'offered/s':>9}{'sent':>6}{'sent/s':>8}{'ok/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'srv p99':>8}{'503 p99':>8}{'shed':>7}{'late':>6}"
         f"{'other':>6}{'RSS MB':>8}")
 
 
 def _fmt(r: dict) -> str:
-    return (f"{r['offered']:>9g}{r['sent']:>6}{r['ok_per_s']:>8.1f}{r['p50']:>8.1f}{r['p99']:>8.1f}{r['srv_p99']:>8.1f}"
+    return (f"{r['offered']:>9g}{r['sent']:>6}{r['sent_per_s']:>8.1f}{r['ok_per_s']:>8.1f}{r['p50']:>8.1f}{r['p99']:>8.1f}{r['srv_p99']:>8.1f}"
             f"{r['shed_p99']:>8.1f}{r['shed']:>7.1%}{r['late']:>6.1%}{r['other']:>6}{r['rss_mb']:>8.0f}")
 
 
@@ -144,7 +145,7 @@ def plot(rows: list[dict], path: Path, deadline_ms: float) -> None:
     x = [r["offered"] for r in rows]
     fig, ax = plt.subplots(2, 2, figsize=(10, 7))
     ax[0, 0].plot(x, [r["ok_per_s"] for r in rows], "o-")
-    ax[0, 0].plot(x, x, ":", color="grey", label="offered")
+    ax[0, 0].plot(x, [r["sent_per_s"] for r in rows], "s:", color="grey", label="sent (the client's real rate)")
     ax[0, 0].set(title="answered (200) per second", xlabel="offered req/s")
     ax[0, 0].legend()
     ax[0, 1].plot(x, [r["p50"] for r in rows], "o-", label="p50 (200)")

@@ -193,6 +193,42 @@ def test_full_queue_is_503_at_once_and_deadline_is_504(bundle: Path) -> None:
         assert _parse_metrics(client.get("/metrics").text)["sydes_deadline_exceeded_total"] == 1
 
 
+def test_expected_wait_past_the_deadline_is_shed(bundle: Path) -> None:
+    gated = Gated()
+    app = create_app(_cfg(bundle, max_queue=8, deadline_ms=5000), gated)
+    body = {"image": base64.b64encode(_jpeg(4)).decode(), "text": "cat"}
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        _wait_ready(client)
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(client.post("/v1/analyze", json=body)))
+        t.start()
+        assert gated.entered.wait(10)
+        est = app.state.sydes.wait
+        for i in range(20):  # as if answers had come every 10 s while busy
+            est.done(busy=True, now=10.0 * i)
+        r = client.post("/v1/analyze", json=body)  # the queue has room (1 of 8), but 1 x 10 s > 5 s
+        assert r.status_code == 503 and "expected wait (10000 ms for 1 posts queued)" in r.json()["error"]
+        gated.open.set()
+        t.join(30)
+        assert first[0].status_code == 200
+
+
+def test_wait_estimator() -> None:
+    from sdk.serve.metrics import WaitEstimator
+
+    w = WaitEstimator(window=8)
+    assert w.expected_wait(10) is None
+    t = 0.0
+    for _ in range(10):  # batches of 4 posts every 0.2 s: 0.05 s per post
+        for k in range(4):
+            w.done(busy=True, now=t + 1e-6 * k)
+        t += 0.2
+    assert w.expected_wait(10, min_samples=8) == pytest.approx(10 * 0.05, rel=0.6)
+    w.done(busy=False, now=t + 100)  # idle: the long gap after it is not counted
+    w.done(busy=True, now=t + 200)
+    assert w.expected_wait(1, min_samples=8) < 1
+
+
 def test_readyz_while_loading_and_failed_load(bundle: Path) -> None:
     release = threading.Event()
 

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-connections", type=int, default=None,
                         help="concurrent connections at most (default: 2 x max-queue + 16)")
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on a 503")
+    parser.add_argument("--no-shed-on-expected-wait", action="store_true",
+                        help="shed only when the queue is full, not when its expected wait passes the deadline")
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                       backend=args.backend, threads=args.threads, max_batch=args.max_batch,
                       max_delay_ms=args.max_delay_ms, max_queue=args.max_queue, deadline_ms=args.deadline_ms,
                       max_body_mb=args.max_body_mb, max_connections=args.max_connections,
-                      retry_after_s=args.retry_after)
+                      retry_after_s=args.retry_after, shed_on_expected_wait=not args.no_shed_on_expected_wait)
     from sdk.serve.app import create_app  # fastapi: the [serve] extra (MissingExtraError names it)
 
     try:

@@ -33,7 +33,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - exercised where the extra
     raise MissingExtraError(e.name or "fastapi", "serve", "needed by `sydes serve`") from e
 from sdk.serve.config import ServeConfig
 from sdk.serve.inputs import RequestError, parse_json, parse_multipart, read_body
-from sdk.serve.metrics import CONTENT_TYPE, ServiceMetrics
+from sdk.serve.metrics import CONTENT_TYPE, ServiceMetrics, WaitEstimator
 
 log = logging.getLogger("sdk.serve")
 AnalyzerFactory = Callable[[ServeConfig, Callable[[int, float], None]], Any]
@@ -61,6 +61,7 @@ class ServiceState:
         self.status = "loading"  # loading | ready | failed: ... | draining
         self.metrics = ServiceMetrics(lambda: self.analyzer.queue_depth if self.analyzer else 0,
                                       lambda: self.analyzer.max_queued if self.analyzer else cfg.queue_limit())
+        self.wait = WaitEstimator()  # deadline-aware admission (see _analyze)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -160,6 +161,12 @@ async def _analyze(state: ServiceState, request: Any, t0: float) -> tuple[int, d
                                     f"got {ctype or 'none'!r}")
     except RequestError as e:
         return e.status, {"error": str(e)}, None
+    remaining = cfg.deadline_ms / 1000.0 - (time.perf_counter() - t0)
+    expected = state.wait.expected_wait(az.queue_depth) if cfg.shed_on_expected_wait else None
+    if expected is not None and expected > remaining:  # it would only time out: refuse it now, cheaply
+        state.metrics.shed.inc()
+        return 503, {"error": f"overloaded, retry later: the expected wait ({expected * 1000:.0f} ms for "
+                              f"{az.queue_depth} posts queued) is past the deadline ({cfg.deadline_ms:g} ms)"}, retry
     try:
         fut = az.submit(image, text, timeout=0)  # never wait on the event loop: full means shed
     except OverloadedError as e:
@@ -177,6 +184,7 @@ async def _analyze(state: ServiceState, request: Any, t0: float) -> tuple[int, d
     except Exception as e:  # noqa: BLE001 - a model / backend failure: the service stays up
         log.exception("sydes serve: batch failed")
         return 500, {"error": f"{type(e).__name__}: {e}"}, None
+    state.wait.done(busy=az.queue_depth > 0, now=time.perf_counter())
     return (200 if result.ok else 422), result.to_dict(), None
 
 

@@ -13,7 +13,9 @@ class ServeConfig:
     """bundle: the NAME.sydes/ folder. max_queue: posts in flight at most (Analyzer max_queued); beyond it
     a request is answered 503 at once. deadline_ms: arrival to answer; past it, 504. max_body_mb: larger
     request bodies get 413 before they are read. max_connections: uvicorn's concurrency limit (its own 503
-    beyond it), which bounds the request bodies held in memory to max_connections x max_body_mb."""
+    beyond it), which bounds the request bodies held in memory to max_connections x max_body_mb.
+    shed_on_expected_wait: also 503 when the recent pace of answers says a new post would wait past the
+    deadline (it would only time out: refusing it at once is cheaper for both sides)."""
 
     bundle: str
     host: str = "127.0.0.1"
@@ -28,6 +30,7 @@ class ServeConfig:
     max_body_mb: float = 16.0
     max_connections: int | None = None  # None: 2 x max_queue + 16
     retry_after_s: int = 1
+    shed_on_expected_wait: bool = True  # 503 at once when the queue's expected wait is past the deadline
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle, (str, os.PathLike)) or not os.fspath(self.bundle):

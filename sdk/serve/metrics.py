@@ -125,3 +125,35 @@ class ServiceMetrics:
                   *self.gauges):
             lines += m.expose()
         return "\n".join(lines) + "\n"
+
+
+class WaitEstimator:
+    """The expected queueing wait from the recent pace of answers while the service was busy.
+
+    `done(busy)` on every answer; `busy` = other posts were still in flight, so the gap since the previous
+    busy answer measures capacity, not the arrival rate (idle gaps are never counted). The mean gap is
+    an exponential average over about `window` answers; a batch of B answers counts as B - 1 tiny gaps
+    and one batch-long gap, so the mean is the time per post. expected_wait(depth) = depth x mean gap.
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        self.alpha = 2.0 / (window + 1)
+        self.mean_gap: float | None = None  # seconds per post when busy
+        self._last: float | None = None
+        self._samples = 0
+        self._lock = threading.Lock()
+
+    def done(self, busy: bool, now: float) -> None:
+        with self._lock:
+            if busy and self._last is not None:
+                gap = now - self._last
+                self.mean_gap = gap if self.mean_gap is None else self.mean_gap + self.alpha * (gap - self.mean_gap)
+                self._samples += 1
+            self._last = now if busy else None
+
+    def expected_wait(self, depth: int, min_samples: int = 16) -> float | None:
+        """Seconds a post admitted now would wait, or None before enough busy answers were seen."""
+        with self._lock:
+            if self.mean_gap is None or self._samples < min_samples:
+                return None
+            return depth * self.mean_gap
