@@ -142,6 +142,22 @@ def create_app(cfg: ServeConfig, analyzer_factory: AnalyzerFactory | None = None
     return app
 
 
+def _refusal(state: ServiceState, az: Any, t0: float) -> str | None:
+    """Why a new post must be shed now, or None: the queue is full, or (shed_on_expected_wait) the wait
+    expected from the recent pace of answers is past what is left of its deadline (it would only time out)."""
+    depth = az.queue_depth
+    if depth >= az.max_queued:
+        return f"the queue is full ({depth} posts queued, max_queued={az.max_queued})"
+    if not state.cfg.shed_on_expected_wait:
+        return None
+    remaining = state.cfg.deadline_ms / 1000.0 - (time.perf_counter() - t0)
+    expected = state.wait.expected_wait(depth)
+    if expected is not None and expected > remaining:
+        return (f"the expected wait ({expected * 1000:.0f} ms for {depth} posts queued) is past the deadline "
+                f"({state.cfg.deadline_ms:g} ms)")
+    return None
+
+
 async def _analyze(state: ServiceState, request: Any, t0: float) -> tuple[int, dict[str, Any], dict | None]:
     """One POST /v1/analyze -> (status, JSON payload, extra headers)."""
     cfg = state.cfg
@@ -149,6 +165,10 @@ async def _analyze(state: ServiceState, request: Any, t0: float) -> tuple[int, d
     az = state.analyzer
     if az is None or state.status != "ready":
         return 503, {"error": f"model not ready ({state.status})"}, retry
+    refusal = _refusal(state, az, t0)  # before the body is read: shedding costs next to nothing
+    if refusal is not None:
+        state.metrics.shed.inc()
+        return 503, {"error": f"overloaded, retry later: {refusal}"}, retry
     try:
         body = await read_body(request, cfg.max_body_bytes)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -161,12 +181,6 @@ async def _analyze(state: ServiceState, request: Any, t0: float) -> tuple[int, d
                                     f"got {ctype or 'none'!r}")
     except RequestError as e:
         return e.status, {"error": str(e)}, None
-    remaining = cfg.deadline_ms / 1000.0 - (time.perf_counter() - t0)
-    expected = state.wait.expected_wait(az.queue_depth) if cfg.shed_on_expected_wait else None
-    if expected is not None and expected > remaining:  # it would only time out: refuse it now, cheaply
-        state.metrics.shed.inc()
-        return 503, {"error": f"overloaded, retry later: the expected wait ({expected * 1000:.0f} ms for "
-                              f"{az.queue_depth} posts queued) is past the deadline ({cfg.deadline_ms:g} ms)"}, retry
     try:
         fut = az.submit(image, text, timeout=0)  # never wait on the event loop: full means shed
     except OverloadedError as e:
