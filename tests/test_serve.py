@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
 import threading
 import time
 from pathlib import Path
@@ -257,3 +258,14 @@ def test_config_errors(bundle: Path) -> None:
         ServeConfig(bundle=str(bundle), port=70000)
     assert ServeConfig(bundle="b", max_batch=8).queue_limit() == 32
     assert ServeConfig(bundle="b", max_queue=10).connection_limit() == 36
+
+
+def test_missing_extra_is_named(monkeypatch) -> None:
+    import importlib
+
+    from sdk.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if the [serve] extra were not installed
+    monkeypatch.delitem(sys.modules, "sdk.serve.app")
+    with pytest.raises(MissingExtraError, match=r"'fastapi' is not installed .*sydes-edge\[serve\]"):
+        importlib.import_module("sdk.serve.app")

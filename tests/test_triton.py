@@ -201,6 +201,18 @@ def test_openvino_ir(bundle: Path, tmp_path: Path) -> None:
     assert g.backend == "openvino" and g.default_model_filename == "model.xml"
     model = ov.Core().read_model(str(out / "sydes_graph" / "1" / "model.xml"))
     assert sorted(i.get_any_name() for i in model.inputs) == sorted(INPUT_NAMES)
+    # the IR answers as the bundle's ONNX graph on Triton's padded shapes
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    feeds = {"global_pixels": rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8),
+             "canvas_pixels": rng.integers(0, 256, (2, 448, 448, 3), dtype=np.uint8),
+             "input_ids": rng.integers(5, 30, (2, L)).astype(np.int64),
+             "attention_mask": np.ones((2, L), np.int64)}
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # no bf16 / f16
+    got = compiled(feeds)
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    for o, ref in zip(sess.get_outputs(), sess.run(None, feeds), strict=True):
+        assert np.allclose(got[compiled.output(o.name)], ref, atol=1e-4), o.name
 
 
 def test_cli_and_static_graph_refused(bundle: Path, tmp_path: Path) -> None:
