@@ -7,6 +7,11 @@ Calls: `analyze` (one post), `analyze_batch` (a list), `stream` (an iterable, de
 threads while the model runs, results in input order, bounded memory) and `submit` (a Future; many threads
 share model batches through a MicroBatcher). Every call is thread-safe. A bad item gets a Result with
 `error` / `error_type`; the other items are still answered.
+
+Memory under load is bounded by `max_queued`: at most that many submitted posts are in flight (queued for
+decoding, decoded, or in a batch). A queued post holds what the caller passed (its encoded bytes or path):
+it is decoded only once admitted and only as the batcher has room (its queue holds two batches), so the
+decoded canvases (~0.75 MB a post) in memory are bounded by about 3 batches + the decode workers.
 """
 
 from __future__ import annotations
@@ -16,14 +21,14 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from sdk.batcher import MicroBatcher
+from sdk.batcher import Admission, MicroBatcher, submit_through
 from sdk.bundle import Bundle, load_bundle
 from sdk.errors import ConfigError, InputTypeError, SydesError
 from sdk.results import Result, TaskResult
@@ -47,6 +52,7 @@ class AnalyzerInfo:
     trim_padding: bool
     fast_decode: bool
     decoding: str = "independent"  # "independent" | "joint" | "joint+prior" (sdk.labels)
+    max_queued: int = 0  # submit(): posts in flight at most (backpressure / OverloadedError beyond)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +77,8 @@ class Analyzer:
                  providers: list[Any] | None = None, threads: int | None = None, max_batch_size: int = 32,
                  warmup: bool = True, fast_decode: bool = True, *, verify: bool = True,
                  require_text: bool = True, max_delay_ms: float = 2.0, decode_workers: int | None = None,
-                 joint: bool | str = "auto", **backend_options: Any) -> None:
+                 joint: bool | str = "auto", max_queued: int | None = None,
+                 on_batch: Callable[[int, float], None] | None = None, **backend_options: Any) -> None:
         from sdk.backends import create_backend
         from sdk.preprocess import preprocess
         from sdk.tokenizer import Tokenizer
@@ -100,6 +107,10 @@ class Analyzer:
         self._trim_multiple = 1 if self.backend.resolved_device == "cpu" else 8
         self._decode_workers = decode_workers or max(2, min(8, os.cpu_count() or 2))
         self._max_delay_ms = max_delay_ms
+        # Four batches: one running, one forming, one queued decoded, one decoding; more only adds latency.
+        self._admission = Admission(default_max_queued(max_batch_size) if max_queued is None else max_queued,
+                                    what="the Analyzer's submit queue")
+        self._on_batch = on_batch
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -122,7 +133,7 @@ class Analyzer:
             backend=self.backend.name, providers=list(self.backend.providers), precision=self.backend.precision,
             device=self.backend.resolved_device, bundle=self.bundle.name, bundle_path=str(self.bundle.path),
             tasks={t: list(v) for t, v in self.tasks.items()}, max_batch_size=self.max_batch_size,
-            trim_padding=self.trim, fast_decode=self.fast_decode,
+            trim_padding=self.trim, fast_decode=self.fast_decode, max_queued=self.max_queued,
             decoding="independent" if self.label_structure is None else ("joint+prior" if self.joint_prior else "joint"),
         )
 
@@ -312,40 +323,42 @@ class Analyzer:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, image: Any, text: Any) -> Future[Result]:
-        """Queue one post; -> Future[Result]. Decoding runs in a worker pool, then a MicroBatcher joins
-        concurrent submits into shared model batches (up to max_batch_size, waiting <= max_delay_ms)."""
+    @property
+    def max_queued(self) -> int:
+        """The most submitted posts in flight at once (`Analyzer(max_queued=...)`)."""
+        return self._admission.limit
+
+    @property
+    def queue_depth(self) -> int:
+        """Submitted posts in flight now (admitted, not yet answered)."""
+        return self._admission.depth
+
+    def _submit_stage(self) -> tuple[ThreadPoolExecutor, MicroBatcher]:
         pool = self._shared_pool()
         with self._lock:
             if self._batcher is None:
+                # Two batches of decoded posts at most: decode workers wait on it, the rest stay encoded.
                 self._batcher = MicroBatcher(self._run_prepared, max_batch=self.max_batch_size,
-                                             max_delay_ms=self._max_delay_ms)
-            batcher = self._batcher
-        out: Future[Result] = Future()
+                                             max_delay_ms=self._max_delay_ms,
+                                             max_queue=min(self.max_queued, 2 * self.max_batch_size),
+                                             on_batch=self._on_batch)
+            return pool, self._batcher
 
-        def settle(value: Result | None = None, exc: BaseException | None = None) -> None:
-            try:
-                if exc is not None:
-                    out.set_exception(exc)
-                else:
-                    out.set_result(value)  # type: ignore[arg-type]
-            except InvalidStateError:  # the caller cancelled it
-                pass
+    def submit(self, image: Any, text: Any, *, timeout: float | None = None) -> Future[Result]:
+        """Queue one post; -> Future[Result]. At most `max_queued` posts are in flight: when full, this
+        blocks (timeout=None: backpressure) or raises OverloadedError once `timeout` seconds pass (at
+        once with timeout=0). Decoding runs in a worker pool after admission, then a MicroBatcher joins
+        concurrent submits into shared model batches (up to max_batch_size, waiting <= max_delay_ms).
+        Cancelling the Future before its post is decoded skips the work."""
+        self._check_open()
+        pool, batcher = self._submit_stage()
+        return submit_through(self._admission, pool, batcher, lambda: self._prepare_safe((image, text)),
+                              Result.failure, timeout)
 
-        def decoded(f: Future) -> None:
-            p = f.result()
-            if isinstance(p, BaseException):
-                settle(Result.failure(p))
-                return
-            try:
-                bf = batcher.submit(p)
-            except BaseException as e:  # noqa: BLE001 - e.g. closed while decoding
-                settle(exc=e)
-                return
-            bf.add_done_callback(lambda b: settle(exc=b.exception()) if b.exception() else settle(b.result()))
 
-        pool.submit(self._prepare_safe, (image, text)).add_done_callback(decoded)
-        return out
+def default_max_queued(max_batch_size: int) -> int:
+    """Four batches' worth (at least 16): enough to keep the decoders and the model busy, no more."""
+    return max(16, 4 * max_batch_size)
 
 
 def _joint_decoding(manifest: dict[str, Any], tasks: dict[str, list[str]], joint: bool | str) -> tuple[Any, bool]:

@@ -35,6 +35,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("info", "sdk.commands.info", "cpu", "print a bundle's manifest"),
     Command("doctor", "sdk.commands.doctor", "cpu", "check this machine: GPU, CUDA, TensorRT, onnxruntime providers"),
     Command("analyze", "sdk.commands.analyze", "cpu", "analyse posts with a bundle"),
+    Command("triton", "sdk.commands.triton", "cpu", "write a Triton Inference Server model repository from a bundle"),
+    Command("serve", "sdk.commands.serve", "cpu,serve", "serve a bundle over HTTP (micro-batched, sheds load)"),
     Command("benchmark", "training.commands.benchmark", "cpu",
             "measure a bundle's latency and throughput (--compare: vs torch eager)"),
 )

@@ -63,3 +63,12 @@ class BackendUnavailableError(SydesError, RuntimeError):
 
 class DataError(SydesError, ValueError):
     """A data set file, row or label is invalid; the message names the file, the row and the problem."""
+
+
+# --- load ---------------------------------------------------------------------------------------------
+class OverloadedError(SydesError, RuntimeError):
+    """The runtime's bounded queue is full: the post was shed, not queued (retry later or raise the limit)."""
+
+    def __init__(self, message: str, *, queued: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.queued, self.limit = queued, limit
