@@ -68,6 +68,9 @@ class TritonOptions:
 
 # --- graph formats (a registry: a wrong --format lists the valid ones) --------------------------------
 def _copy_onnx(bundle: Bundle, version: Path, opts: TritonOptions) -> None:
+    if bundle.graph_format != "onnx":
+        raise ConfigError(f"bundle {bundle.name!r} holds an {bundle.graph_format} graph (--target openvino): "
+                          "write it for Triton's OpenVINO backend with --format openvino")
     src = bundle.graph_path()
     shutil.copy2(src, version / "model.onnx")
     for extra in src.parent.glob(src.name + ".data"):  # external weights, where the export wrote them
@@ -79,6 +82,11 @@ def _openvino_ir(bundle: Bundle, version: Path, opts: TritonOptions) -> None:
         import openvino as ov
     except ModuleNotFoundError as e:
         raise MissingExtraError("openvino", "openvino", "needed by `sydes triton --format openvino`") from e
+    if bundle.graph_format == "openvino":  # already an IR (its INT8 / FP16 weights as exported): copy it
+        src = bundle.graph_path()
+        shutil.copy2(src, version / "model.xml")
+        shutil.copy2(src.with_suffix(".bin"), version / "model.bin")
+        return
     ov.save_model(ov.convert_model(str(bundle.graph_path())), str(version / "model.xml"), compress_to_fp16=False)
 
 
