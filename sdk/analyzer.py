@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ class AnalyzerInfo:
     fast_decode: bool
     decoding: str = "independent"  # "independent" | "joint" | "joint+prior" (sdk.labels)
     max_queued: int = 0  # submit(): posts in flight at most (backpressure / OverloadedError beyond)
+    settings: dict[str, Any] = field(default_factory=dict)  # the backend's tuned settings (threads, streams, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +135,7 @@ class Analyzer:
             device=self.backend.resolved_device, bundle=self.bundle.name, bundle_path=str(self.bundle.path),
             tasks={t: list(v) for t, v in self.tasks.items()}, max_batch_size=self.max_batch_size,
             trim_padding=self.trim, fast_decode=self.fast_decode, max_queued=self.max_queued,
+            settings=dict(getattr(self.backend, "settings", {}) or {}),
             decoding="independent" if self.label_structure is None else ("joint+prior" if self.joint_prior else "joint"),
         )
 

@@ -106,7 +106,7 @@ def test_int8_ir_by_nncf_reports_agreement_and_reuses_its_cache(ov_int8, work) -
     assert again.manifest["calibration_report"]["calibration"]["cache_hit"] is True
     assert (again.bundle / "model.bin").read_bytes() == (ov_int8.bundle / "model.bin").read_bytes()
     with Analyzer(ov_int8.bundle, backend="openvino", device="cpu", threads=1) as a:
-        assert a.info.precision == "int8" and a.backend.settings["threads"] == 1
+        assert a.info.precision == "int8" and a.info.settings["threads"] == 1
         assert a.analyze(*_post()).ok
 
 
