@@ -21,7 +21,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from export.checks import (
 )
 from export.errors import ExportError
 from export.formats import TARGET_OPSET, ConvertContext, check_target, get_precision
+from export.progress import Stopwatch
 from sdk.bundle import sha256_file
 from sdk.errors import BackendUnavailableError, ConfigError
 
@@ -100,40 +100,6 @@ class ExportReport:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-class _Stopwatch:
-    """Seconds per export stage; with `progress`, a tqdm line naming the running stage."""
-
-    def __init__(self, progress: bool = False) -> None:
-        self.seconds: dict[str, float] = {}
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(desc="export", unit="stage", dynamic_ncols=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def __call__(self, name: str) -> _Lap:
-        return _Lap(self, name)
-
-
-class _Lap:
-    def __init__(self, sw: _Stopwatch, name: str) -> None:
-        self.sw, self.name = sw, name
-
-    def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
-        if self.sw.bar is not None:
-            self.sw.bar.set_description_str(f"export: {self.name}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.sw.seconds[self.name] = round(self.sw.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0, 2)
-        if self.sw.bar is not None:
-            self.sw.bar.update(1)
-
-
 def check_options(opts: ExportOptions) -> ExportOptions:
     """Validate options up front (before any heavy work); ConfigError lists the valid values."""
     get_precision(opts.precision)
@@ -226,7 +192,7 @@ def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions
     tok_kind, max_length = cfg0.tokenizer.kind, int(cfg0.tokenizer.max_length)
     tokenizer = Tokenizer.from_file(tokenizer_file, max_length=max_length, kind=tok_kind)
     graph = ExportGraph(list(models)).eval()
-    sw = _Stopwatch(opts.progress)
+    sw = Stopwatch(opts.progress)
 
     with tempfile.TemporaryDirectory(prefix="sydes-export.") as tmp_s:
         tmp = Path(tmp_s)
