@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 PARTS = ("ceiling", "reference", "edge", "host", "import", "microbatch", "rss")
-MSED = Path(os.environ.get("SYDES_MSED", "/work/shared/data/msed-mini"))
+MSED = Path(os.environ.get("SYDES_MSED", ROOT.parent / "shared" / "data" / "msed-mini"))  # ../shared beside the checkout
 CACHE = Path(os.environ.get("SYDES_BENCH_CACHE", "~/.cache/sydes/bench")).expanduser()
 BATCH = 16
 TEXTS = ["a happy day at the beach with friends", "so sad, lost my dog today",
