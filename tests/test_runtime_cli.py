@@ -162,8 +162,10 @@ def test_analyze_bad_input_file(bundle: Path, tmp_path: Path, capsys) -> None:
 
 def test_benchmark_quick(bundle: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
+    png = tmp_path / "bench.png"
     assert main(["benchmark", str(bundle), "--batch-sizes", "1,2", "--iters", "2", "--warmup", "0",
-                 "--image-size", "64x48", "--json", str(out)]) == 0
+                 "--image-size", "64x48", "--json", str(out), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "model p50" in text and "peak RSS" in text
     rep = json.loads(out.read_text())

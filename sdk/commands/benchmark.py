@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", default="640x480", help="WxH of the synthetic JPEGs")
     parser.add_argument("--no-e2e", action="store_true", help="time the model only")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="plot ms/post (p50 line, p90-p99 band) by batch size, model and e2e ([plot] extra)")
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -122,7 +124,43 @@ def run(args: argparse.Namespace, compare: Callable[[Any, dict[int, dict]], dict
         from sdk.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(report, indent=2))
+    if args.plot:
+        plot_report(report, args.plot)
+        print(f"plot: {args.plot}")
     return 0
+
+
+def plot_report(r: dict[str, Any], path: Path) -> None:
+    """ms per post against batch size: median line, p90..p99 band, for the model alone and end to end."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:
+        from sdk.errors import MissingExtraError
+
+        raise MissingExtraError("matplotlib", "plot", "needed by --plot") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(int(b) for b in r["per_batch"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, name in (("model_ms", "model"), ("e2e_ms", "end to end")):
+        rows = [r["per_batch"][b] for b in sizes if key in r["per_batch"][b]]
+        if len(rows) != len(sizes):
+            continue
+        per = {q: [row[key][q] / b for row, b in zip(rows, sizes, strict=True)] for q in ("p50", "p90", "p99")}
+        ax.plot(sizes, per["p50"], marker="o", label=f"{name} p50")
+        ax.fill_between(sizes, per["p90"], per["p99"], alpha=0.2, label=f"{name} p90-p99")
+    info = r.get("info", {})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("ms per post")
+    ax.set_title(f"{Path(r['bundle']).name}: {info.get('backend')} {info.get('precision')} on {info.get('device')}",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def format_report(r: dict[str, Any]) -> str:
