@@ -245,3 +245,30 @@ def test_client_sample_builds_the_ensembles_inputs() -> None:
     assert (img.name(), img.datatype(), img.shape()) == ("IMAGE", "BYTES", [2, 1])
     assert (txt.name(), txt.datatype(), txt.shape()) == ("TEXT", "BYTES", [2, 1])
     assert txt._get_tensor().name == "TEXT" and len(txt._get_content()) > 0
+
+
+def _ir_bundle(bundle: Path, dst: Path) -> Path:
+    """The fake bundle as an OpenVINO IR bundle (what --target openvino writes): model.xml + hashed model.bin."""
+    ov = pytest.importorskip("openvino")
+    import json
+    import shutil
+
+    from sdk.bundle import file_record, write_manifest
+
+    shutil.copytree(bundle, dst)
+    ov.save_model(ov.convert_model(str(dst / "model.onnx")), str(dst / "model.xml"), compress_to_fp16=False)
+    (dst / "model.onnx").unlink()
+    m = json.loads((dst / "manifest.json").read_text())
+    m["graphs"]["model"].update(file_record(dst, "model.xml"), format="openvino", weights=file_record(dst, "model.bin"))
+    write_manifest(dst, m)
+    return dst
+
+
+def test_ir_bundle_goes_to_the_openvino_backend_as_it_is(bundle: Path, tmp_path: Path) -> None:
+    ir = _ir_bundle(bundle, tmp_path / "ir.sydes")
+    out = write_repository(ir, tmp_path / "repo", TritonOptions(format="openvino", kind="cpu"))
+    version = out / "sydes_graph" / "1"
+    assert (version / "model.bin").read_bytes() == (ir / "model.bin").read_bytes()  # copied, not re-converted
+    assert _parse(out / "sydes_graph" / "config.pbtxt").backend == "openvino"
+    with pytest.raises(ConfigError, match="holds an openvino graph .* --format openvino"):
+        write_repository(ir, tmp_path / "repo2", TritonOptions(format="onnxruntime", kind="cpu"))
