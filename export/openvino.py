@@ -114,13 +114,12 @@ def convert(ctx: ConvertContext, precision: str) -> dict[str, Any]:
     key = _cache_key(ctx.src, ctx, opts)
     cache = ctx.calib_cache.dir.parent / "openvino-int8" if ctx.calib_cache is not None else None
     hit = cache is not None and all(p.is_file() for p in ir_files(cache / f"{key}.xml"))
-    feeds = list(ctx.calib_reader.batches())
     if hit:
         for a, b in zip(ir_files(cache / f"{key}.xml"), ir_files(ctx.dst), strict=True):
             shutil.copyfile(a, b)
     else:
         try:
-            quantized = _quantize(model, feeds, opts)
+            quantized = _quantize(model, list(ctx.calib_reader.batches()), opts)
         except Exception as e:
             raise ExportError(f"nncf.quantize failed: {type(e).__name__}: {e}") from e
         ov.save_model(quantized, str(ctx.dst), compress_to_fp16=False)
