@@ -132,3 +132,15 @@ def build_fake_bundle(folder: str | Path, *, tasks: dict[str, list[str]] | None 
 
 def read_manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (56, 40), quality: int = 85) -> bytes:
+    """A random-noise JPEG of `size` (W, H), deterministic in `seed` (the posts of the runtime tests)."""
+    import io
+
+    from PIL import Image
+
+    a = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import build_fake_bundle
-from PIL import Image
+from bundle_fixture import build_fake_bundle, jpeg_bytes
 
 from sdk.analyzer import Analyzer, default_max_queued
 from sdk.batcher import Admission, MicroBatcher
@@ -26,10 +24,7 @@ def bundle(tmp_path_factory) -> Path:
 
 
 def _jpeg(seed: int) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
+    return jpeg_bytes(seed)
 
 
 def _probs(r: Result) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import sys
 import threading
 import time
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import build_fake_bundle
-from PIL import Image
+from bundle_fixture import build_fake_bundle, jpeg_bytes
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -31,10 +29,7 @@ def bundle(tmp_path_factory) -> Path:
 
 
 def _jpeg(seed: int) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
+    return jpeg_bytes(seed)
 
 
 def _wait_ready(client, timeout: float = 60) -> None:

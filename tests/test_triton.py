@@ -4,15 +4,13 @@ the Python preprocessing model's execute() with stand-ins for triton_python_back
 from __future__ import annotations
 
 import importlib.util
-import io
 import sys
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixture import build_fake_bundle
-from PIL import Image
+from bundle_fixture import build_fake_bundle, jpeg_bytes
 
 from sdk.analyzer import Analyzer
 from sdk.bundle import INPUT_NAMES
@@ -35,10 +33,7 @@ def repo(bundle: Path, tmp_path_factory) -> Path:
 
 
 def _jpeg(seed: int, size=(64, 48)) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return jpeg_bytes(seed, size, quality=90)
 
 
 def _parse(path: Path):
