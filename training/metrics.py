@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +98,32 @@ def save_confusion_png(reports: dict[str, dict], path: str) -> bool:
 
 def to_json(reports: dict[str, dict], **extra) -> str:
     return json.dumps({**extra, "tasks": reports}, indent=2)
+
+
+class MetricsLog:
+    """Appends JSON lines to metrics.jsonl (and TensorBoard when installed); rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled, self.tb = path, enabled, None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{row.get('event', 'train')}/{k}", v, row.get("step", 0))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from training.distributed import (  # noqa: F401  (re-exported: callers import t
     resolve_device,
     set_seed,
 )
-from training.metrics import evaluate_predictions, summary_row
+from training.metrics import MetricsLog, evaluate_predictions, summary_row
+from training.options import STAGES, TrainOptions  # noqa: F401  (re-exported: callers import them from here)
 from training.schedule import set_lrs
 from training.steps import (  # noqa: F401
     RECIPE_LRS,
@@ -57,91 +58,12 @@ from training.steps import (  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-STAGES = ("pretrain", "finetune")
 STATE_DIR = "training_state"
-
-
-@dataclass
-class TrainOptions:
-    stage: str = "finetune"
-    epochs: int = 1
-    batch_size: int = 8
-    accum: int = 1
-    max_steps: int | None = None  # optimiser steps; stops early (the schedule still spans `epochs`)
-    warmup: float | None = None  # fraction of steps; default 0.15 pretrain / 0.10 fine-tune
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    lrs: dict[str, float] = field(default_factory=dict)  # overrides of the model's group LRs
-    clip: float = 1.0
-    amp: str = "auto"  # auto | off | fp16 | bf16
-    eval_every: int = 0  # optimiser steps between dev evaluations; 0 = at the end of each epoch only
-    save_every: int = 50  # optimiser steps between resumable checkpoints (and at every epoch end)
-    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"
-    log_every: int = 10
-    deterministic: bool = False
-    progress: bool = True
-    feature_cache: str | None = None  # folder of the frozen-encoder feature cache (fine-tune only)
-    feature_cache_dtype: str = "float32"  # float32 = exact logits; float16 halves the disk (not exact)
-    trim_padding: bool = True  # cut each batch's token padding to its longest caption (exact: see data.py)
-    text_cache: bool = False  # frozen text encoder (lr 0): compute its outputs once, in memory
-
-    def validate(self) -> TrainOptions:
-        if self.stage not in STAGES:
-            raise ConfigError(f"unknown stage {self.stage!r}; valid: {', '.join(STAGES)}")
-        if self.amp not in ("auto", "off", "fp16", "bf16"):
-            raise ConfigError(f"unknown amp mode {self.amp!r}; valid: auto, off, fp16, bf16")
-        for name in ("epochs", "batch_size", "accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.feature_cache and self.stage != "finetune" and self.lrs.get("image_encoder", None) != 0:
-            raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune only, or with "
-                              "pretrain and an image_encoder learning rate of 0")
-        if self.text_cache and self.lrs.get("text_encoder", None) != 0:
-            raise ConfigError("the text cache needs a frozen text encoder: set the text_encoder learning rate to 0")
-        return self
-
-    @property
-    def warmup_frac(self) -> float:
-        return self.warmup if self.warmup is not None else (0.15 if self.stage == "pretrain" else 0.10)
 
 
 # --- the trainer --------------------------------------------------------------------------------------
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-class MetricsLog:
-    """Appends JSON lines to metrics.jsonl (and TensorBoard when installed); rank 0 only."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled, self.tb = path, enabled, None
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(f"{row.get('event', 'train')}/{k}", v, row.get("step", 0))
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 class Trainer:
