@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def cache_root() -> Path:
@@ -14,3 +15,21 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sydes"
+
+
+def user_engine_dir(graph_sha256: str) -> Path:
+    """The user-cache folder for compiled engines of one graph (used when the bundle cannot be written)."""
+    return cache_root() / "engines" / graph_sha256[:16]
+
+
+def engine_cache_dir(bundle: Any, name: str) -> Path | None:
+    """A writable folder for one runtime's compiled engines / caches of `bundle` (`name`: "ort-trt",
+    "openvino", ...): the bundle's engines/<name> when it can be written, else the user cache; None if neither."""
+    for folder in (Path(bundle.engines_dir) / name, user_engine_dir(bundle.manifest.graph.sha256) / name):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    return None

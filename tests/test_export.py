@@ -23,16 +23,9 @@ from sdk.errors import BackendUnavailableError, BundleIntegrityError, ConfigErro
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from sdk.tokenizer import Tokenizer
-    from training.model import SyDES
-    from training.presets import tiny_clip
+    from torch_fixture import tiny_clip_work
 
-    root = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    tok = root / "tokenizer.json"
-    Tokenizer.clip().save(tok)
-    ck = SyDES(tiny_clip()).save_pretrained(root / "ck", tokenizer_file=tok)
-    return {"root": root, "ck": ck, "cache": root / "cache"}
+    return tiny_clip_work(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")

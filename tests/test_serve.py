@@ -41,6 +41,15 @@ def _wait_ready(client, timeout: float = 60) -> None:
     raise AssertionError("service never became ready: " + client.get("/readyz").text)
 
 
+def _occupy(client, body: dict, gated: Gated) -> tuple[threading.Thread, list]:
+    """Send one request from a thread and wait until its batch is blocked in the gated backend."""
+    first: list = []
+    t = threading.Thread(target=lambda: first.append(client.post("/v1/analyze", json=body)))
+    t.start()
+    assert gated.entered.wait(10)
+    return t, first
+
+
 class Gated:
     """An Analyzer factory whose backend blocks until `open` is set (a backend stand-in that blocks)."""
 
@@ -166,10 +175,7 @@ def test_full_queue_is_503_at_once_and_deadline_is_504(bundle: Path) -> None:
     body = {"image": base64.b64encode(_jpeg(3)).decode(), "text": "cat"}
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         _wait_ready(client)
-        first: list = []
-        t = threading.Thread(target=lambda: first.append(client.post("/v1/analyze", json=body)))
-        t.start()
-        assert gated.entered.wait(10)  # the one slot is taken, its batch blocked in the backend
+        t, first = _occupy(client, body, gated)  # the one slot is taken, its batch blocked in the backend
         r = client.post("/v1/analyze", json=body)
         assert r.status_code == 503 and r.headers["retry-after"] == "3" and r.json()["error_type"] == "Unavailable"
         assert "overloaded, retry later" in r.json()["error"] and "max_queued=1" in r.json()["error"]
@@ -195,10 +201,7 @@ def test_expected_wait_past_the_deadline_is_shed(bundle: Path) -> None:
     body = {"image": base64.b64encode(_jpeg(4)).decode(), "text": "cat"}
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         _wait_ready(client)
-        first: list = []
-        t = threading.Thread(target=lambda: first.append(client.post("/v1/analyze", json=body)))
-        t.start()
-        assert gated.entered.wait(10)
+        t, first = _occupy(client, body, gated)
         est = app.state.sydes.wait
         for i in range(20):  # as if answers had come every 10 s while busy
             est.done(busy=True, now=10.0 * i)

@@ -106,17 +106,12 @@ class OnnxRuntimeBackend(Backend):
     # --- onnxruntime's TensorRT execution provider -----------------------------------------------------
     def _ort_trt_cache(self) -> Path:
         """Where the TensorRT provider keeps its engines and timing cache: the bundle's engines/ort-trt when
-        it can be written, else the user cache (sdk.backends.trt_engines.user_engine_dir)."""
-        from sdk.backends.trt_engines import user_engine_dir
+        it can be written, else the user cache (sdk.cache.engine_cache_dir)."""
+        from sdk.cache import engine_cache_dir
 
-        for cache in (self.bundle.engines_dir / "ort-trt",
-                      user_engine_dir(self.bundle.manifest.graph.sha256) / "ort-trt"):
-            try:
-                cache.mkdir(parents=True, exist_ok=True)
-            except OSError:
-                continue
-            if os.access(cache, os.W_OK):
-                return cache
+        cache = engine_cache_dir(self.bundle, "ort-trt")
+        if cache is not None:
+            return cache
         raise BackendUnavailableError("no writable folder for onnxruntime's TensorRT engine cache (the bundle's "
                                       "engines/ and the user cache are read-only); set SYDES_CACHE_DIR")
 

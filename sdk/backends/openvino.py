@@ -12,9 +12,7 @@ queue, makes `run` thread-safe. openvino is imported lazily, so `import sdk` sta
 from __future__ import annotations
 
 import logging
-import os
 import queue
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,25 +42,6 @@ def ov_device(device: Device) -> str:
 
 def available_devices() -> list[str]:
     return list(_ov().Core().available_devices)
-
-
-def _cache_dir(bundle: Any) -> Path | None:
-    """engines/openvino/ inside the bundle when writable, else ~/.cache/sydes/openvino/<graph sha>."""
-    own = Path(bundle.engines_dir) / "openvino"
-    try:
-        own.mkdir(parents=True, exist_ok=True)
-        if os.access(own, os.W_OK):
-            return own
-    except OSError:
-        pass
-    from sdk.cache import cache_root
-
-    user = cache_root() / "openvino" / bundle.manifest.graph.sha256[:16]
-    try:
-        user.mkdir(parents=True, exist_ok=True)
-        return user
-    except OSError:  # a cache is a speed-up only
-        return None
 
 
 class OpenVINOBackend(Backend):
@@ -111,7 +90,9 @@ class OpenVINOBackend(Backend):
     def _load(self) -> None:
         ov = _ov()
         core = ov.Core()
-        cache = _cache_dir(self.bundle) if self.options.get("cache", True) else None
+        from sdk.cache import engine_cache_dir
+
+        cache = engine_cache_dir(self.bundle, "openvino") if self.options.get("cache", True) else None
         if cache is not None:
             core.set_property({"CACHE_DIR": str(cache)})
         device = ov_device(self.device)

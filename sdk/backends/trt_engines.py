@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sdk.atomic import atomic_write_text
 from sdk.backends.trt_build import OptimizationProfile, cc_string, engine_cache_key
 from sdk.bundle import cached_sha256, sha256_file, write_manifest
-from sdk.cache import cache_root
+from sdk.cache import user_engine_dir
 from sdk.engine_records import EngineRecord, validate_engine_records
 from sdk.errors import BundleError
 
@@ -67,9 +67,6 @@ class FoundEngine:
 
 
 
-def user_engine_dir(graph_sha256: str) -> Path:
-    """The user-cache folder for engines of one graph (used when the bundle cannot be written)."""
-    return cache_root() / "engines" / graph_sha256[:16]
 
 
 def _read_index(folder: Path) -> tuple[EngineRecord, ...]:
