@@ -49,28 +49,14 @@ class ExportGraph(nn.Module):
             logits = self.models[0](input_ids, attention_mask, global_pixels=global_pixels,
                                     canvas_pixels=canvas_pixels)
         else:
-            # the shared part, once for all tasks: tiler + image backbone over the 5 views as one
-            # [B*5] pass (as SyDES.encode_views does). ln1_post and everything after it are trained
-            # per task (fine-tuning freezes only the backbone), so they run per branch.
-            first = self.models[0]
-            global_view, tiles = first.tiler(global_pixels, canvas_pixels)
-            b = global_view.shape[0]
-            views = torch.cat([global_view.unsqueeze(1), tiles], dim=1)
-            hidden = first.image_encoder(views.reshape(b * 5, *views.shape[2:]))  # [B*5, 1+P, Dv]
+            # the shared part, once for all tasks: tiler + image backbone over the 5 views as one [B*5] pass;
+            # ln1_post and everything after it are trained per task (fine-tuning freezes only the backbone),
+            # so each branch goes on from the features through the model's own seam (encode -> head)
+            feats = self.models[0].image_features(global_pixels=global_pixels, canvas_pixels=canvas_pixels)
             for m in self.models:
-                logits.update(_branch(m, hidden, b, input_ids, attention_mask))
+                logits.update(m.head(m.encode(input_ids, attention_mask, image_features=feats)))
         # softmax in float32 even when the model ran in another precision
         return tuple(torch.softmax(logits[t].float(), dim=-1) for t in self.tasks)
-
-
-def _branch(m: nn.Module, hidden: torch.Tensor, b: int, input_ids: torch.Tensor,
-            attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One task model's part after the shared backbone: hidden [B*5, 1+P, Dv] -> {task: logits}."""
-    h = m.ln1_post(hidden)
-    h = h.reshape(b, 5, h.shape[1], h.shape[2])
-    memory = h[:, :, 1:].reshape(b, -1, h.shape[-1])  # patch tokens: global, then tiles TL TR BL BR
-    _, text_tokens, mask = m.encode_text(input_ids, attention_mask)
-    return m.classify(m.pool(m.decode(memory, text_tokens), mask), memory)
 
 
 SHARED_PREFIXES = ("image_encoder.",)

@@ -3,16 +3,87 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sdk.errors import CheckpointError
+from sdk.errors import CheckpointError, ConfigError
+
+# the files of a checkpoint folder (one definition; sdk.bundle has the bundle's)
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+class Checkpointable:
+    """Checkpoint folders for a model family: `config.json` (the family's typed config, `config_class`) +
+    `model.safetensors` (+ `tokenizer.json`), written atomically, read back with every key checked.
+    Mixed into torch modules (SyDES, TextClassifier): needs `config.to_json()` and `config_class.from_dict`."""
+
+    config_class: ClassVar[Any]
+    family: ClassVar[str]  # what error messages call a checkpoint of this class ("SyDES", "text-only")
+
+    def save_pretrained(self, path: str | Path, *, tokenizer_file: str | Path | None = None,
+                        overwrite: bool = True) -> Path:
+        """Write config.json + model.safetensors (+ a copy of tokenizer_file) as one folder, atomically."""
+        import shutil
+
+        from safetensors.torch import save_file
+
+        from sdk.atomic import atomic_directory
+
+        path = Path(path)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        if tokenizer_file is not None and not Path(tokenizer_file).is_file():
+            raise CheckpointError(f"tokenizer file {tokenizer_file} does not exist")
+        config = self.config  # type: ignore[attr-defined]
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            (tmp / CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "preset": config.preset})
+            if tokenizer_file is not None:
+                shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, map_location: Any = "cpu") -> Any:
+        """Load a checkpoint folder in eval mode; a missing file, a bad config, or any missing / unexpected key
+        or shape mismatch is a CheckpointError."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not cfg_file.is_file() or not weights.is_file():
+            raise CheckpointError(f"{path} is not a {cls.family} checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+        try:
+            config = cls.config_class.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, ConfigError) as e:
+            raise CheckpointError(f"{cfg_file}: {e}") from e
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise CheckpointError(f"cannot read {weights}: {e}") from e
+        model = cls(config)  # type: ignore[call-arg]
+        model.load_checked_state_dict(state, source=str(weights))
+        return model.eval()
+
+    def load_checked_state_dict(self, state: Mapping[str, Any], source: str = "state dict") -> None:
+        """load_state_dict that reports every missing / unexpected key and shape mismatch at once."""
+        own = self.state_dict()  # type: ignore[attr-defined]
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+                        for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+        if missing or unexpected or shapes:
+            def show(xs: list[str]) -> str:
+                return ", ".join(xs[:12]) + (f" ... (+{len(xs) - 12})" if len(xs) > 12 else "") if xs else "none"
+
+            raise CheckpointError(f"{source} does not match the config: missing keys: {show(missing)}; "
+                                  f"unexpected keys: {show(unexpected)}; shape mismatches: {show(shapes)}")
+        self.load_state_dict(dict(state), strict=True)  # type: ignore[attr-defined]
 
 
 def load_model(path: str | Path, *, map_location: str = "cpu") -> Any:
     """SyDES or TextClassifier from a checkpoint folder, in eval mode."""
     path = Path(path)
-    cfg = path / "config.json"
+    cfg = path / CONFIG_FILE
     if not cfg.is_file():
         raise CheckpointError(f"{path} is not a checkpoint: it has no config.json")
     try:

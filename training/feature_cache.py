@@ -1,6 +1,6 @@
 """On-disk cache of the frozen image encoder's outputs, for fine-tuning (where the encoder is frozen).
 
-Cut point: the output of `model.image_encoder(view)` for each of the 5 views (global + 4 tiles), i.e. the
+Cut point: `SyDES.image_features` (the image encoder's output for each of the 5 views, global + 4 tiles), i.e. the
 backbone's last hidden state [T = 1 + P, D] BEFORE `ln1_post`. `ln1_post` (and everything after it) is
 trained while fine-tuning, so caching after it would freeze a trained layer; the image encoder itself
 is frozen and in eval mode, and unmasked in fine-tuning, so its output is a pure function of the pixels and
@@ -15,12 +15,11 @@ stale entry is recomputed, never trusted. Nothing is unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 
 from sdk.atomic import atomic_write_bytes
 from sdk.errors import ConfigError, DataError
+from sdk.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,6 @@ def encoder_hash(encoder: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def encode_views(model: torch.nn.Module, global_pixels: torch.Tensor, canvas_pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 views -> frozen encoder outputs [B, 5, T, D] (global first, then tiles TL, TR, BL, BR)."""
-    g, tiles = model.tiler(global_pixels, canvas_pixels)  # [B,3,S,S], [B,4,3,S,S]
-    b = g.shape[0]
-    views = torch.cat([g.unsqueeze(1), tiles], dim=1).flatten(0, 1)  # [B*5, 3, S, S]
-    out = model.image_encoder(views)
-    return out.view(b, NUM_VIEWS, *out.shape[1:])
 
 
 class FeatureCache:
@@ -84,7 +67,7 @@ class FeatureCache:
         p = str(image)
         if p not in self._keys:
             h = hashlib.sha256()
-            for part in (file_sha256(p), self.prep, str(NUM_VIEWS), self.encoder_hash, str(self.dtype)):
+            for part in (sha256_file(p), self.prep, str(NUM_VIEWS), self.encoder_hash, str(self.dtype)):
                 h.update(part.encode())
                 h.update(b"\0")
             self._keys[p] = h.hexdigest()
@@ -158,7 +141,8 @@ class FeatureCache:
                         raise DataError(f"{ex.source}: image {ex.image}: {e}") from e
                     gs.append(torch.from_numpy(np.array(g, dtype=np.uint8, copy=True)))
                     cs.append(torch.from_numpy(np.array(c, dtype=np.uint8, copy=True)))
-                feats = encode_views(self.model, torch.stack(gs).to(self.device), torch.stack(cs).to(self.device))
+                feats = self.model.image_features(global_pixels=torch.stack(gs).to(self.device),
+                                                  canvas_pixels=torch.stack(cs).to(self.device))
                 for ex, f in zip(chunk, feats, strict=True):
                     self._write(self.key(ex.image), f)
                 if bar is not None:
@@ -223,16 +207,6 @@ def no_image_features(f: torch.Tensor) -> torch.Tensor:
     return f.new_zeros((1, 2, f.shape[-1]))
 
 
-@contextlib.contextmanager
-def _swapped(model: torch.nn.Module, name: str, stand_in: torch.nn.Module) -> Iterator[None]:
-    """Within the block, submodule `name` of `model` is `stand_in` (the original is put back on exit)."""
-    original = model._modules[name]
-    model._modules[name] = stand_in
-    try:
-        yield
-    finally:
-        model._modules[name] = original
-
 # ---- frozen text encoder (report recipe): its outputs computed once, in memory -------------------------
 @torch.no_grad()
 def encode_texts(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, *, batch_size: int = 64,
@@ -287,47 +261,3 @@ class CachedTextDataset:
             object.__setattr__(self, name, value)
         else:
             setattr(self.base, name, value)
-
-
-class _TextReplay(torch.nn.Module):
-    def __init__(self, hidden: torch.Tensor) -> None:
-        super().__init__()
-        self.hidden = hidden
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if tuple(self.hidden.shape[:2]) != tuple(input_ids.shape):
-            raise DataError(f"cached text features {tuple(self.hidden.shape)} do not match ids {tuple(input_ids.shape)}")
-        return self.hidden
-
-
-@contextlib.contextmanager
-def replay_text_encoder(model: torch.nn.Module, hidden: torch.Tensor) -> Iterator[None]:
-    """Within the block, `model.text_encoder(ids, mask)` returns `hidden` [B, L, Dt]."""
-    with _swapped(model, "text_encoder", _TextReplay(hidden)):
-        yield
-
-
-class _GlobalReplay(torch.nn.Module):
-    """Pretrain with a frozen image encoder: `forward` (the unmasked global view) returns the cached global
-    features [B, T, D]; `embed` / `encode` (the masked tiles) run the real encoder."""
-
-    def __init__(self, enc: torch.nn.Module, global_feats: torch.Tensor) -> None:
-        super().__init__()
-        self.enc, self.feats = enc, global_feats
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        return self.feats
-
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.enc.embed(pixels)
-
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.enc.encode(tokens)
-
-
-@contextlib.contextmanager
-def replay_global_view(model: torch.nn.Module, global_feats: torch.Tensor) -> Iterator[None]:
-    """Within the block, the image encoder's plain call returns `global_feats` [B, T, D] (view 0 of the cache);
-    the masked tile passes of MIM pretraining still run the real (frozen) encoder."""
-    with _swapped(model, "image_encoder", _GlobalReplay(model._modules["image_encoder"], global_feats)):
-        yield

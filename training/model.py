@@ -3,13 +3,19 @@
 Shapes use B = batch, S = view size (224), P = patches per view, Dv / Dt = vision / text widths,
 W = decoder width (= Dv), O = decoder output width, L = token length, C = classes.
 
-Inference (`forward`):
-    tiler         u8 global [B,S,S,3], canvas [B,2S,2S,3] -> global [B,3,S,S], tiles [B,4,3,S,S]
-    encode_image  5 views as one [B*5] pass -> ln1_post on all tokens -> drop CLS -> memory [B,5P,Dv]
-    encode_text   text encoder -> text CLS (EOS / [SEP] at sum(mask)-1) removed -> [B,L-1,Dt], mask [B,L-1]
-    decode        text_proj -> ln3_post = queries; ln2_post(memory) = memory; causal decoder -> [B,L-1,O]
-    pool          masked mean / max / attention pooling -> multipool_proj -> ln4_post -> [B,O]
-    heads         per task: proj2(proj1(x) + x) -> logits [B,C]
+Inference: `forward` = `head(encode(...))`, the seam where callers cut (export's shared-encoder graph,
+the feature cache, training with cached encoder outputs):
+  encode (backbone) -> Features
+    tiler           u8 global [B,S,S,3], canvas [B,2S,2S,3] -> global [B,3,S,S], tiles [B,4,3,S,S]
+    image_features  5 views as one [B*5] pass of the image encoder -> [B,5,1+P,Dv] (what the cache stores)
+    ln1_post        on all tokens -> memory = the patch tokens [B,5P,Dv], global view first
+    encode_text     text encoder -> text CLS (EOS / [SEP] at sum(mask)-1) removed -> [B,L-1,Dt], mask [B,L-1]
+  head -> {task: logits}
+    decode          text_proj -> ln3_post = queries; ln2_post(memory) = memory; causal decoder -> [B,L-1,O]
+    pool            masked mean / max / attention pooling -> multipool_proj -> ln4_post -> [B,O]
+    classify        (+ the global-view summary) per task: proj2(proj1(x) + x) -> logits [B,C]
+Training (MAE's split): `forward_encoder` (pretrain: the tiles' patches masked before the encoder),
+`forward_decoder` (the text-guided MIM image decoder), `forward_loss` (ITC, consistency, KL, recon, CE).
 Only the patch tokens reach the logits: the global view's CLS (and CLIP's post_layernorm) feed
 nothing but the contrastive latents, as in the reference.
 
@@ -19,18 +25,18 @@ are `heads.<task>.proj1/proj2` here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdk.errors import CheckpointError, ConfigError
+from sdk.errors import ConfigError
 
 from .backbones import TextEncoder, VisionEncoder
+from .checkpoints import Checkpointable
 from .config import SydesConfig
 from .modules import (
     Attention,
@@ -42,30 +48,54 @@ from .modules import (
     TaskHeads,
     TextDecoder,
     Tiler,
+    init_module,
+    patchify,
+    random_masking,
 )
 
 PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0}
 FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0}
 STAGES = ("pretrain", "finetune")
 PARAM_GROUPS = ("image_encoder", "text_encoder", "text_decoder", "image_decoder", "other")
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+BACKBONES = ("image_encoder", "text_encoder")  # pretrained (or their library's own init): the rule skips them
 
 
-def _xavier_init(module: nn.Module) -> None:
-    """The reference's init for its own modules: xavier weights (>1-D), zero biases, LayerNorm 1/0."""
-    for name, p in module.named_parameters():
-        if "weight" in name and p.dim() > 1:
-            nn.init.xavier_uniform_(p)
-        elif "bias" in name:
-            nn.init.zeros_(p)
-    for m in module.modules():
-        if isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+@dataclass
+class Features:
+    """What `encode` returns and `head` reads (the backbone / head seam).
+
+    memory [B, V*P, Dv]: ln1_post of the image encoder's patch tokens, global view first (V = 5, or 1 for the
+    cache's ablations); image_cls [B, Dv]: the global view's CLS after ln1_post; text_cls [B, Dt];
+    text_tokens [B, L-1, Dt] and text_mask [B, L-1] (the text CLS removed); memory_padding [B, V*P] bool,
+    True = a patch MIM dropped (pretrain only, else None)."""
+
+    memory: torch.Tensor
+    image_cls: torch.Tensor
+    text_cls: torch.Tensor
+    text_tokens: torch.Tensor
+    text_mask: torch.Tensor
+    memory_padding: torch.Tensor | None = None
 
 
-class SyDES(nn.Module):
+@dataclass
+class MaskedFeatures(Features):
+    """forward_encoder's output in pretraining: Features plus what the MIM decoder and loss need.
+    tiles [B, 4, 3, S, S] (the reconstruction target); tile_hidden [B*4, 1+K, Dv] (the K kept patches
+    encoded); tile_memory [B*4, P, Dv] (kept patches back in place, mask tokens elsewhere); recon_mask
+    [B*4, P] (1 = dropped); ids_restore [B*4, P]."""
+
+    tiles: torch.Tensor | None = None
+    tile_hidden: torch.Tensor | None = None
+    tile_memory: torch.Tensor | None = None
+    recon_mask: torch.Tensor | None = None
+    ids_restore: torch.Tensor | None = None
+
+
+class SyDES(Checkpointable, nn.Module):
     """The SyDES model for one config (any backbone kinds, one or more task heads)."""
+
+    config_class = SydesConfig
+    family = "SyDES"
 
     def __init__(self, config: SydesConfig, *, load_pretrained: bool = False) -> None:
         super().__init__()
@@ -112,55 +142,62 @@ class SyDES(nn.Module):
         self.temperature = nn.Parameter(torch.tensor([1.0]))
         self.logit_scale = nn.Parameter(torch.tensor(1.0 / 0.07))
 
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """`init_module` through the module tree (the backbones excepted), then the two exceptions the recipe
+        needs: the pooling query N(0, 0.02), and with `zero_init_residual` every decoder block's last
+        projections zero, so that each block starts as the identity (see DecoderConfig)."""
+        for name, m in self.named_modules():
+            if name.split(".", 1)[0] not in BACKBONES:
+                init_module(m)
         nn.init.normal_(self.pool_attn_q, std=0.02)
-        for m in (self.aggregator, self.text_to_latents, self.img_to_latents, self.ln1_post, self.ln2_post,
-                  self.ln3_post, self.ln4_post, self.text_kv_proj, self.text_kv_ln, self.img_kv_proj,
-                  self.img_kv_ln, self.text2patch_attn, self.text_proj, self.multipool_proj, self.heads,
-                  *([self.image_summary] if config.image_summary else [])):
-            _xavier_init(m)
-        for blk in (*self.text_decoder.resblocks, *self.text_decoder.cross_attn):
-            _xavier_init(blk)
-            if dec.zero_init_residual:  # each block starts as the identity (see DecoderConfig)
+        if self.config.decoder.zero_init_residual:
+            for blk in (*self.text_decoder.resblocks, *self.text_decoder.cross_attn):
                 nn.init.zeros_(blk.attn.out_proj.weight)
                 nn.init.zeros_(blk.mlp.c_proj.weight)
 
-    # ---- inference stages -----------------------------------------------------------------------
-    def encode_views(self, global_view: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
-        """global [B,3,S,S], tiles [B,4,3,S,S] -> ln1_post(hidden) [B, 5, 1+P, Dv] (view 0 = global)."""
-        b = global_view.shape[0]
-        views = torch.cat([global_view.unsqueeze(1), tiles], dim=1)  # [B, 5, 3, S, S]
-        views = views.reshape(b * 5, *views.shape[2:])  # one [B*5] pass through the shared encoder
-        hidden = self.ln1_post(self.image_encoder(views))  # [B*5, 1+P, Dv]
-        # -1, not 5: a feature-cache replay may stand in with fewer views (exact ablations, training/feature_cache)
-        return hidden.reshape(b, -1, hidden.shape[1], hidden.shape[2])
+    # ---- backbone: encode -> Features ----------------------------------------------------------
+    def image_features(self, **views: torch.Tensor) -> torch.Tensor:
+        """Pixels (see views_from_inputs) -> the image encoder's outputs [B, 5, 1+P, Dv], view 0 = global, then
+        tiles TL, TR, BL, BR, before ln1_post: the cut point of training.feature_cache."""
+        g, t = self.views_from_inputs(**views)
+        b = g.shape[0]
+        stacked = torch.cat([g.unsqueeze(1), t], dim=1).reshape(b * 5, *g.shape[1:])  # one [B*5] pass
+        out = self.image_encoder(stacked)  # [B*5, 1+P, Dv]
+        return out.reshape(b, 5, *out.shape[1:])
 
-    def encode_image(self, global_view: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
-        """-> decoder memory [B, 5P, Dv]: patch tokens of the global view, then of tiles TL, TR, BL, BR."""
-        hidden = self.encode_views(global_view, tiles)
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+               image_features: torch.Tensor | None = None, text_hidden: torch.Tensor | None = None,
+               **views: torch.Tensor) -> Features:
+        """ids, mask [B, L] and pixels / views, or cached `image_features` [B, V, 1+P, Dv] (image_features'
+        output, V = 5 or the cache's 1-view ablations) and `text_hidden` [B, L, Dt] (the text encoder's
+        output) -> Features."""
+        if image_features is None:
+            image_features = self.image_features(**views)
+        elif views:
+            raise ConfigError("pass image_features= or pixels / views, not both")
+        hidden = self.ln1_post(image_features.to(self.ln1_post.weight.dtype))  # [B, V, 1+P, Dv]
         b, _, _, d = hidden.shape
-        return hidden[:, :, 1:].reshape(b, -1, d)
-
-    def hidden_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """The seam for cached image-encoder outputs: features [B, V, 1+P, Dv] (before ln1_post, V = 5 or the
-        1-view ablations of training.feature_cache) -> ln1_post(features), as encode_views returns."""
-        return self.ln1_post(features.to(self.ln1_post.weight.dtype))
-
-    def memory_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """features [B, V, 1+P, Dv] -> decoder memory [B, V*P, Dv] (patch tokens), as encode_image."""
-        b, _, _, d = features.shape
-        return self.hidden_from_features(features)[:, :, 1:].reshape(b, -1, d)
+        text_cls, text_tokens, mask = self.encode_text(input_ids, attention_mask, text_hidden)
+        return Features(memory=hidden[:, :, 1:].reshape(b, -1, d), image_cls=hidden[:, 0, 0], text_cls=text_cls,
+                        text_tokens=text_tokens, text_mask=mask)
 
     def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hidden: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ids, mask [B, L] -> (text CLS [B, Dt], tokens without it [B, L-1, Dt], mask [B, L-1]).
+        """ids, mask [B, L] (or the text encoder's cached output `hidden` [B, L, Dt]) -> (text CLS [B, Dt],
+        tokens without it [B, L-1, Dt], mask [B, L-1]).
 
         The text CLS is the last attended position (CLIP's EOS; BERT's [SEP]): index sum(mask) - 1.
         It is removed from the sequence by a gather of the other L-1 positions (in order), and the
         mask becomes the input mask with that position zeroed, cut to its first L-1 columns (exactly
         the reference's semantics, written with tensor ops only so that it exports).
         """
-        hidden = self.text_encoder(input_ids, attention_mask)  # [B, L, Dt]
+        if hidden is None:
+            hidden = self.text_encoder(input_ids, attention_mask)  # [B, L, Dt]
+        elif tuple(hidden.shape[:2]) != tuple(input_ids.shape):
+            raise ConfigError(f"cached text features {tuple(hidden.shape)} do not match ids {tuple(input_ids.shape)}")
         b, length, d = hidden.shape
         eos = (attention_mask.long().sum(dim=1) - 1).clamp(min=0)  # [B]
         text_cls = torch.gather(hidden, 1, eos.view(b, 1, 1).expand(b, 1, d)).squeeze(1)
@@ -170,6 +207,11 @@ class SyDES(nn.Module):
         pos = torch.arange(length, device=hidden.device).unsqueeze(0)
         new_mask = attention_mask * (pos != eos.unsqueeze(1)).to(attention_mask.dtype)
         return text_cls, tokens, new_mask[:, : length - 1]
+
+    # ---- head: Features -> logits ----------------------------------------------------------------
+    def head(self, f: Features) -> dict[str, torch.Tensor]:
+        """Features -> {task: logits [B, C]}: decode, pool, classify."""
+        return self.classify(self.pool(self.decode(f.memory, f.text_tokens, f.memory_padding), f.text_mask), f.memory)
 
     def decode(
         self,
@@ -221,25 +263,13 @@ class SyDES(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        global_pixels: torch.Tensor | None = None,
-        canvas_pixels: torch.Tensor | None = None,
-        global_view: torch.Tensor | None = None,
-        tiles: torch.Tensor | None = None,
         return_probs: bool = False,
-        image_features: torch.Tensor | None = None,
+        **inputs: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """-> {task: logits [B, C]} in config order (softmax probabilities with return_probs=True).
-        `image_features` [B, 5, 1+P, Dv]: cached image-encoder outputs instead of any pixels."""
-        if image_features is not None:
-            if any(v is not None for v in (global_pixels, canvas_pixels, global_view, tiles)):
-                raise ConfigError("pass image_features= or pixels / views, not both")
-            memory = self.memory_from_features(image_features)
-        else:
-            g, t = self.views_from_inputs(global_pixels, canvas_pixels, global_view, tiles)
-            memory = self.encode_image(g, t)  # [B, 5P, Dv]
-        _, text_tokens, mask = self.encode_text(input_ids, attention_mask)  # [B, L-1, Dt], [B, L-1]
-        pooled = self.pool(self.decode(memory, text_tokens), mask)  # [B, O]
-        logits = self.classify(pooled, memory)
+        """ids, mask [B, L] + the image (global_pixels= / canvas_pixels= uint8, global_view= / tiles= float,
+        or cached image_features= [B, 5, 1+P, Dv]) -> {task: logits [B, C]} in config order (softmax
+        probabilities with return_probs=True)."""
+        logits = self.head(self.encode(input_ids, attention_mask, **inputs))
         if return_probs:
             return {k: torch.softmax(v, dim=-1) for k, v in logits.items()}
         return logits
@@ -249,81 +279,62 @@ class SyDES(nn.Module):
         return self.forward(input_ids, attention_mask, return_probs=True, **views)
 
     # ---- training-only parts --------------------------------------------------------------------
-    def random_masking(self, x: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keep a random (1-ratio) of tokens per row: x [N, P, D] -> (kept [N, V, D], mask [N, P] 1=dropped,
-        ids_restore [N, P])."""
-        n, length, d = x.shape
-        keep = int(length * (1 - ratio))
-        ids_shuffle = torch.argsort(torch.rand(n, length, device=x.device), dim=1)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        kept = torch.gather(x, 1, ids_shuffle[:, :keep].unsqueeze(-1).expand(-1, -1, d))
-        mask = torch.ones(n, length, device=x.device)
-        mask[:, :keep] = 0
-        return kept, torch.gather(mask, 1, ids_restore), ids_restore
+    def forward_encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                        image_features: torch.Tensor | None = None, text_hidden: torch.Tensor | None = None,
+                        **views: torch.Tensor) -> MaskedFeatures:
+        """MIM encoder (pretrain): the global view whole (or its cached features, `image_features[:, 0]`), each
+        tile with `image_decoder.mask_ratio` of its patches dropped before the encoder. The decoder memory
+        holds the kept patches in place and mask tokens elsewhere, flagged in `memory_padding`."""
+        g, t = self.views_from_inputs(**views)  # the tiles' pixels are needed: masking, reconstruction target
+        b = t.shape[0]
+        enc = self.image_encoder
+        hidden_g = self.ln1_post(enc(g) if image_features is None else image_features[:, 0])  # [B, 1+P, Dv]
+        emb = enc.embed(t.reshape(b * 4, *t.shape[2:]))  # [B*4, 1+P, Dv]
+        kept, masks, ids_restore = random_masking(emb[:, 1:], self.config.image_decoder.mask_ratio)
+        tile_hidden = self.ln1_post(enc.encode(torch.cat([emb[:, :1], kept], dim=1)))  # [B*4, 1+K, Dv]
+        vis = tile_hidden[:, 1:]
+        p, d = emb.shape[1] - 1, vis.shape[-1]
+        filled = torch.cat([vis, self.image_decoder.mask_token_img.expand(b * 4, p - vis.shape[1], -1)], dim=1)
+        tile_memory = torch.gather(filled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # [B*4, P, Dv]
+        padding = torch.cat([torch.zeros(b, p, dtype=torch.bool, device=emb.device), masks.bool().view(b, -1)], 1)
+        text_cls, text_tokens, mask = self.encode_text(input_ids, attention_mask, text_hidden)
+        return MaskedFeatures(
+            memory=torch.cat([hidden_g[:, 1:], tile_memory.reshape(b, -1, d)], dim=1),  # [B, 5P, Dv]
+            image_cls=hidden_g[:, 0], text_cls=text_cls, text_tokens=text_tokens, text_mask=mask,
+            memory_padding=padding, tiles=t, tile_hidden=tile_hidden, tile_memory=tile_memory,
+            recon_mask=masks, ids_restore=ids_restore)
 
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] -> [N, P, p*p*3] (MAE's order: row-major patches, pixels (y, x, channel))."""
-        p = self.config.patch_size
-        n, _, h, w = imgs.shape
-        x = imgs.reshape(n, 3, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(n, (h // p) * (w // p), p * p * 3)
+    def forward_decoder(self, f: MaskedFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text-guided MIM image decoder: per-head gated mix of text-derived and image keys / values ->
+        (pixel predictions [B*4, P, p*p*3], aggregated latents [B, Di])."""
+        b = f.text_tokens.shape[0]
+        txt = self.text_kv_ln(self.text_kv_proj(f.text_tokens)).repeat_interleave(4, dim=0)  # [B*4, L-1, Di]
+        img = self.img_kv_ln(self.img_kv_proj(f.tile_memory))  # [B*4, P, Di]
+        queries = self.text_to_patch_queries.expand(b * 4, -1, -1)
+        # the reference attends over all text positions here (no padding mask)
+        kv = self.gate_kv(img, self.text2patch_attn(queries, txt, txt))
+        pred, align = self.image_decoder(f.tile_hidden, kv, f.ids_restore)
+        return pred, self.aggregator(align.view(b, 4, -1))
 
-    def forward_train(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        *,
-        stage: str = "finetune",
-        need_logits: bool = True,
-        **views: torch.Tensor,
-    ) -> dict[str, Any]:
-        """The reference's training forward. Pretrain masks 75% of each tile's patches (MIM) and runs the
-        image decoder; fine-tune runs the inference path. Returns latents, decoder outputs, logits."""
+    def forward_train(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, stage: str = "finetune",
+                      need_logits: bool = True, **inputs: torch.Tensor) -> dict[str, Any]:
+        """The reference's training forward: pretrain = forward_encoder (MIM) + forward_decoder; fine-tune =
+        encode (inference path). `inputs`: pixels / views and optionally cached image_features= / text_hidden=
+        (pretrain uses the cache for the global view only). -> latents, logits and, pretraining, the MIM
+        tensors forward_loss needs."""
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
-        features = views.pop("image_features", None)
-        if features is not None:  # cached encoder outputs through the seam (fine-tune only: no MIM)
-            if stage != "finetune" or views:
-                raise ConfigError("image_features= replaces the pixels and works for stage 'finetune' only")
-            g = t = None
-            b = features.shape[0]
-        else:
-            g, t = self.views_from_inputs(**views)
-            b = g.shape[0]
-        out: dict[str, Any] = {"tiles": t}
-        text_cls, text_tokens, mask = self.encode_text(input_ids, attention_mask)
-        kpm = None
+        out: dict[str, Any] = {}
         if stage == "pretrain":
-            enc = self.image_encoder
-            hidden_g = self.ln1_post(enc(g))  # [B, 1+P, Dv]
-            tile_px = t.reshape(b * 4, *t.shape[2:])
-            emb = enc.embed(tile_px)  # [B*4, 1+P, Dv]
-            kept, masks, ids_restore = self.random_masking(emb[:, 1:], self.config.image_decoder.mask_ratio)
-            hidden_t = self.ln1_post(enc.encode(torch.cat([emb[:, :1], kept], dim=1)))  # [B*4, 1+V, Dv]
-            vis = hidden_t[:, 1:]
-            p, d = emb.shape[1] - 1, vis.shape[-1]
-            filled = torch.cat([vis, self.image_decoder.mask_token_img.expand(b * 4, p - vis.shape[1], -1)], dim=1)
-            full_tiles = torch.gather(filled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))  # [B*4, P, Dv]
-            kpm = torch.cat([torch.zeros(b, p, dtype=torch.bool, device=emb.device), masks.bool().view(b, -1)], 1)
-            global_cls = hidden_g[:, 0]
-            memory = torch.cat([hidden_g[:, 1:], full_tiles.reshape(b, -1, d)], dim=1)  # [B, 5P, Dv]
-            # image decoder: per-head gated mix of text-derived and image keys/values
-            txt = self.text_kv_ln(self.text_kv_proj(text_tokens)).repeat_interleave(4, dim=0)  # [B*4, L-1, Di]
-            img = self.img_kv_ln(self.img_kv_proj(full_tiles))  # [B*4, P, Di]
-            queries = self.text_to_patch_queries.expand(b * 4, -1, -1)
-            # the reference attends over all text positions here (no padding mask)
-            kv = self.gate_kv(img, self.text2patch_attn(queries, txt, txt))
-            pred, align = self.image_decoder(hidden_t, kv, ids_restore)
-            out.update(recon_pred=pred, recon_mask=masks, dec_latents=self.aggregator(align.view(b, 4, -1)))
+            f: Features = self.forward_encoder(input_ids, attention_mask, **inputs)
+            pred, dec_latents = self.forward_decoder(f)
+            out.update(recon_pred=pred, recon_mask=f.recon_mask, dec_latents=dec_latents, tiles=f.tiles)
         else:
-            # [B, V, 1+P, Dv]: cached features through the seam, or the encoder on the 5 views
-            hidden = self.hidden_from_features(features) if features is not None else self.encode_views(g, t)
-            global_cls = hidden[:, 0, 0]
-            memory = hidden[:, :, 1:].reshape(b, -1, hidden.shape[-1])  # [B, 5P, Dv], global view first
-        out["img_latents"] = self.img_to_latents(global_cls)
-        out["text_latents"] = self.text_to_latents(text_cls)
+            f = self.encode(input_ids, attention_mask, **inputs)
+        out["img_latents"] = self.img_to_latents(f.image_cls)
+        out["text_latents"] = self.text_to_latents(f.text_cls)
         if need_logits:
-            out["logits"] = self.classify(self.pool(self.decode(memory, text_tokens, kpm), mask), memory)
+            out["logits"] = self.head(f)
         return out
 
     def training_losses(
@@ -333,9 +344,9 @@ class SyDES(nn.Module):
         stage: str = "pretrain",
         weights: Mapping[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Losses of one batch: itc, consistency, kl, recon (pretrain), ce (sum over labelled tasks) and
-        the weighted total "loss". `batch_inputs`: input_ids, attention_mask and either the uint8
-        canvases or the float views. Default weights: PRETRAIN_WEIGHTS / FINETUNE_WEIGHTS."""
+        """forward_train + forward_loss on one batch: `batch_inputs` holds input_ids, attention_mask and the
+        image (uint8 canvases, float views, or cached features); `labels` {task: [B]}. Default weights:
+        PRETRAIN_WEIGHTS / FINETUNE_WEIGHTS."""
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
         w = dict(PRETRAIN_WEIGHTS if stage == "pretrain" else FINETUNE_WEIGHTS)
@@ -352,10 +363,19 @@ class SyDES(nn.Module):
         inputs = dict(batch_inputs)
         out = self.forward_train(inputs.pop("input_ids"), inputs.pop("attention_mask"), stage=stage,
                                  need_logits=need_logits, **inputs)
+        losses = self.forward_loss(out, labels if need_logits else {}, stage)
+        losses["loss"] = sum(w[k] * losses[k] for k in ("itc", "consistency", "kl", "recon", "ce"))
+        return losses
+
+    def forward_loss(self, out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str
+                     ) -> dict[str, torch.Tensor]:
+        """forward_train's outputs -> unweighted losses: itc (symmetric InfoNCE, similarities scaled by
+        exp(temperature)); pretrain: consistency (MSE of the decoder's and the image's latents), kl (MAE vs CLIP
+        similarity distributions, + entropy), recon (pixel MSE over the dropped patches); ce (summed over
+        `labels`' tasks)."""
         img, txt = out["img_latents"], out["text_latents"]
         zero = img.new_zeros(())
         losses: dict[str, torch.Tensor] = {}
-        # ITC: symmetric cross-entropy, similarities scaled by exp(temperature)
         sim = (txt @ img.t()) * self.temperature.exp()
         target = torch.arange(sim.shape[0], device=sim.device)
         losses["itc"] = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target))
@@ -367,18 +387,13 @@ class SyDES(nn.Module):
             kl = F.kl_div(F.log_softmax(logits_mae, dim=-1), F.softmax(logits_clip, dim=-1), reduction="batchmean")
             entropy = -(F.softmax(logits_mae, dim=0) * F.log_softmax(logits_mae, dim=0)).mean()
             losses["kl"] = kl + entropy
-            target_px = self.patchify(out["tiles"].reshape(-1, *out["tiles"].shape[2:]))
+            target_px = patchify(out["tiles"].reshape(-1, *out["tiles"].shape[2:]), self.config.patch_size)
             per_patch = ((out["recon_pred"] - target_px) ** 2).mean(dim=-1)
             m = out["recon_mask"]
             losses["recon"] = (per_patch * m).sum() / m.sum()
         else:
             losses["consistency"] = losses["kl"] = losses["recon"] = zero
-        ce = zero
-        if need_logits:
-            for task, y in labels.items():
-                ce = ce + F.cross_entropy(out["logits"][task], y)
-        losses["ce"] = ce
-        losses["loss"] = sum(w[k] * losses[k] for k in ("itc", "consistency", "kl", "recon", "ce"))
+        losses["ce"] = sum((F.cross_entropy(out["logits"][t], y) for t, y in labels.items()), start=zero)
         return losses
 
     def forward_pretrain(
@@ -391,7 +406,7 @@ class SyDES(nn.Module):
         """Re-initialise proj2 of every head (xavier / zero), as the reference's fine-tune does by not
         loading `proj2.*` from the pretrain checkpoint."""
         for head in self.heads.values():
-            _xavier_init(head.proj2)
+            head.proj2.apply(init_module)
 
     def freeze_image_encoder(self, frozen: bool = True) -> None:
         self.image_encoder.requires_grad_(not frozen)
@@ -417,68 +432,4 @@ class SyDES(nn.Module):
                 groups[self.param_group_name(name)].append(p)
         return groups
 
-    # ---- checkpoints ----------------------------------------------------------------------------
-    def save_pretrained(
-        self, path: str | Path, *, tokenizer_file: str | Path | None = None, overwrite: bool = True
-    ) -> Path:
-        """Write config.json + model.safetensors (+ tokenizer.json) atomically as one folder."""
-        import shutil
-
-        from safetensors.torch import save_file
-
-        from sdk.atomic import atomic_directory
-
-        path = Path(path)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        with atomic_directory(path, overwrite=overwrite) as tmp:
-            (tmp / CONFIG_FILE).write_text(self.config.to_json(), encoding="utf-8")
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "preset": self.config.preset})
-            if tokenizer_file is not None:
-                if not Path(tokenizer_file).is_file():
-                    raise CheckpointError(f"tokenizer file {tokenizer_file} does not exist")
-                shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> SyDES:
-        """Load a checkpoint folder; any missing / unexpected key or shape mismatch is a CheckpointError."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
-        if not cfg_file.is_file() or not weights.is_file():
-            raise CheckpointError(f"{path} is not a SyDES checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
-        try:
-            config = SydesConfig.from_json(cfg_file.read_text(encoding="utf-8"))
-        except ConfigError as e:
-            raise CheckpointError(f"{cfg_file}: {e}") from e
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise CheckpointError(f"cannot read {weights}: {e}") from e
-        model = cls(config)
-        model.load_checked_state_dict(state, source=str(weights))
-        return model.eval()
-
-    def load_checked_state_dict(self, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-        """load_state_dict that reports every missing / unexpected key and shape mismatch at once."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = sorted(
-            f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-            for k in set(own) & set(state)
-            if tuple(state[k].shape) != tuple(own[k].shape)
-        )
-        if missing or unexpected or shapes:
-            def show(xs: list[str]) -> str:
-                return ", ".join(xs[:12]) + (f" ... (+{len(xs) - 12})" if len(xs) > 12 else "") if xs else "none"
-
-            raise CheckpointError(
-                f"{source} does not match the config: missing keys: {show(missing)}; "
-                f"unexpected keys: {show(unexpected)}; shape mismatches: {show(shapes)}"
-            )
-        self.load_state_dict(dict(state), strict=True)
-
-    def config_json(self) -> str:
-        return json.dumps(self.config.to_dict(), indent=2)
+    # checkpoints: save_pretrained / from_pretrained / load_checked_state_dict come from training.checkpoints

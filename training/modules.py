@@ -310,3 +310,41 @@ class Tiler(nn.Module):
         c = self.normalise(canvas_pixels)  # [B, 3, 2S, 2S]
         tiles = c.reshape(-1, 3, 2, s, 2, s).permute(0, 2, 4, 1, 3, 5)  # [B, row, col, 3, S, S]
         return g, tiles.reshape(-1, 4, 3, s, s)
+
+
+# ---- MAE helpers (pretraining) -------------------------------------------------------------------------
+def random_masking(x: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep a random (1-ratio) of tokens per row: x [N, P, D] -> (kept [N, K, D], mask [N, P] 1=dropped,
+    ids_restore [N, P])."""
+    n, length, d = x.shape
+    keep = int(length * (1 - ratio))
+    ids_shuffle = torch.argsort(torch.rand(n, length, device=x.device), dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    kept = torch.gather(x, 1, ids_shuffle[:, :keep].unsqueeze(-1).expand(-1, -1, d))
+    mask = torch.ones(n, length, device=x.device)
+    mask[:, :keep] = 0
+    return kept, torch.gather(mask, 1, ids_restore), ids_restore
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """[N, 3, S, S] -> [N, P, p*p*3] (MAE's order: row-major patches, pixels (y, x, channel))."""
+    n, _, h, w = imgs.shape
+    x = imgs.reshape(n, 3, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(n, (h // p) * (w // p), p * p * 3)
+
+
+def init_module(m: nn.Module) -> None:
+    """The one init rule (the reference's, for its own modules): xavier-uniform weights and zero biases of
+    linear maps (nn.Linear and the fused in-projection of modules.Attention), LayerNorm 1 / 0. Parameters that
+    are not a linear map (queries, mask tokens, gate biases, projections) keep the init their module gives them."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, Attention):
+        nn.init.xavier_uniform_(m.in_proj_weight)
+        if m.in_proj_bias is not None:
+            nn.init.zeros_(m.in_proj_bias)

@@ -3,7 +3,6 @@ stage, the batch -> losses / logits calls (cached features through the model's s
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -76,29 +75,17 @@ def optimizer_groups(model: torch.nn.Module, stage: str, overrides: dict[str, fl
     return groups
 
 
-@contextlib.contextmanager
-def _replayed_encoder(model: torch.nn.Module, batch: dict[str, Any], stage: str = "finetune"):
-    """When the batch carries cached encoder outputs, swap in encoders that return them (see
-    training.feature_cache) and pass tiny dummy views; otherwise pass the uint8 canvases. Pretraining with
-    cached image features replays the global view only (the masked tiles need the real encoder)."""
-    from training.feature_cache import replay_global_view, replay_text_encoder
-
-    m = unwrap(model)
-    with contextlib.ExitStack() as stack:
-        if "text_hidden" in batch:
-            stack.enter_context(replay_text_encoder(m, batch["text_hidden"]))
-        if "image_features" not in batch:
-            pixels = ("global_pixels", "canvas_pixels")
-            yield {k: batch[k] for k in pixels if k in batch}  # none for the text-only family
-            return
-        feats = batch["image_features"]
-        b = feats.shape[0]
-        if stage == "pretrain":
-            _, tiles = m.tiler(batch["global_pixels"], batch["canvas_pixels"])
-            stack.enter_context(replay_global_view(m, feats[:, 0]))
-            yield {"global_view": feats.new_zeros(b, 3, 1, 1), "tiles": tiles}
-            return
-        yield {"image_features": feats}  # the model's seam for cached encoder outputs
+def _model_inputs(batch: dict[str, Any], stage: str = "finetune") -> dict[str, Any]:
+    """The image (uint8 canvases, or the cached `image_features` through the model's encode seam) and any
+    cached `text_hidden` of a batch, as the model's keyword inputs. Pretraining with cached image features
+    still gets the canvases: its masked tiles need the real (frozen) encoder; the cache stands in for the
+    global view only (SyDES.forward_encoder)."""
+    keys = ("global_pixels", "canvas_pixels", "image_features", "text_hidden")
+    inputs = {k: batch[k] for k in keys if k in batch}
+    if "image_features" in inputs and stage != "pretrain":  # the cache replaces the pixels
+        inputs.pop("global_pixels", None)
+        inputs.pop("canvas_pixels", None)
+    return inputs
 
 
 def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
@@ -107,16 +94,13 @@ def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str) -> d
     labels = batch["labels"]
     tasks = unwrap(model).config.task_names
     y = {t: labels[:, i] for i, t in enumerate(tasks) if bool((labels[:, i] != MISSING).any())}
-    with _replayed_encoder(model, batch, stage) as views:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **views}
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            return model(inputs, y, stage)  # DDP's forward -> training_losses (see _LossForward)
-        return model.training_losses(inputs, y, stage=stage)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **_model_inputs(batch, stage)}
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model(inputs, y, stage)  # DDP's forward -> training_losses (see _LossForward)
+    return model.training_losses(inputs, y, stage=stage)
 
 
 def batch_logits(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    m = unwrap(model)
-    with _replayed_encoder(m, batch) as views:
-        return m(batch["input_ids"], batch["attention_mask"], **views)
+    return unwrap(model)(batch["input_ids"], batch["attention_mask"], **_model_inputs(batch))
 
 

@@ -16,20 +16,19 @@ import copy
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdk.errors import CheckpointError, ConfigError
+from sdk.errors import ConfigError
 
 from .backbones import TextEncoder
+from .checkpoints import Checkpointable
 from .config import CONFIG_VERSION, TEXT_KINDS, BackboneSpec, TokenizerSpec, task_labels
 
 PRESET = "text-only"
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 @dataclass
@@ -99,10 +98,12 @@ def text_only(tasks=("sentiment", "emotion", "desire"), *, text_pretrained: str 
                           tasks=task_labels(tuple(tasks)), tokenizer=TokenizerSpec("wordpiece", max_length)).validate()
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(Checkpointable, nn.Module):
     """Text encoder + masked mean pooling + a linear head per task."""
 
     uses_images = False
+    config_class = TextOnlyConfig
+    family = "text-only"
 
     def __init__(self, config: TextOnlyConfig, *, load_pretrained: bool = False) -> None:
         super().__init__()
@@ -114,9 +115,11 @@ class TextClassifier(nn.Module):
         self.heads.apply(_init_linear)
 
     # ---- inference ------------------------------------------------------------------------------
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """ids, mask [B, L] -> mean of the attended token states [B, Dt]."""
-        hidden = self.text_encoder(input_ids, attention_mask)  # [B, L, Dt]
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               text_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """ids, mask [B, L] (or the text encoder's cached output `text_hidden` [B, L, Dt]) -> mean of the
+        attended token states [B, Dt]."""
+        hidden = self.text_encoder(input_ids, attention_mask) if text_hidden is None else text_hidden  # [B, L, Dt]
         m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
@@ -126,10 +129,10 @@ class TextClassifier(nn.Module):
         return {t: h(x) for t, h in self.heads.items()}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_probs: bool = False,
-                **_images: Any) -> dict[str, torch.Tensor]:
+                text_hidden: torch.Tensor | None = None, **_images: Any) -> dict[str, torch.Tensor]:
         """-> {task: logits [B, C]}; image arguments are accepted and ignored (one call shape for both
         families)."""
-        logits = self.head(self.encode(input_ids, attention_mask))
+        logits = self.head(self.encode(input_ids, attention_mask, text_hidden))
         return {k: torch.softmax(v, dim=-1) for k, v in logits.items()} if return_probs else logits
 
     # ---- training interface (as SyDES) ----------------------------------------------------------
@@ -137,7 +140,8 @@ class TextClassifier(nn.Module):
                         stage: str = "finetune", weights: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
         if stage != "finetune":
             raise ConfigError(f"the text-only model has no {stage!r} stage; it is fine-tuned only")
-        logits = self(batch_inputs["input_ids"], batch_inputs["attention_mask"])
+        logits = self(batch_inputs["input_ids"], batch_inputs["attention_mask"],
+                      text_hidden=batch_inputs.get("text_hidden"))
         ce = sum((F.cross_entropy(logits[t], y) for t, y in (labels or {}).items()),
                  start=logits[next(iter(logits))].new_zeros(()))
         return {"ce": ce, "loss": ce}
@@ -160,33 +164,7 @@ class TextClassifier(nn.Module):
     def reinit_last_head_layer(self) -> None:
         self.heads.apply(_init_linear)
 
-    # ---- checkpoints ----------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path, *, overwrite: bool = True) -> Path:
-        from safetensors.torch import save_file
-
-        from sdk.atomic import atomic_directory
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_directory(Path(path), overwrite=overwrite) as tmp:
-            (tmp / CONFIG_FILE).write_text(self.config.to_json(), encoding="utf-8")
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "preset": PRESET})
-        return Path(path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, map_location: str = "cpu") -> TextClassifier:
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        try:
-            config = TextOnlyConfig.from_dict(json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")))
-            state = load_file(str(path / WEIGHTS_FILE), device=map_location)
-        except (OSError, ValueError, ConfigError) as e:
-            raise CheckpointError(f"{path} is not a text-only checkpoint: {e}") from e
-        model = cls(config)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
-        return model.eval()
+    # checkpoints: save_pretrained / from_pretrained / load_checked_state_dict come from training.checkpoints
 
 
 def _init_linear(m: nn.Module) -> None:
