@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sdk.errors import DataError, SydesError
-from sdk.posts import MSED_PATTERN, MSED_TEXT, PostsPlan, iter_rows, plan_posts
+from sdk.posts import MSED_PATTERN, MSED_TEXT, PostsPlan, iter_rows, msed_csv, plan_posts
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,13 @@ def read_posts(path: str | os.PathLike[str], *, tasks: dict[str, Sequence[str]] 
 
 
 def read_any(spec: str | os.PathLike[str], split: str | None = None, **kw) -> Records:
-    """An MSED root (with `split`) or a posts file."""
+    """An MSED root (with `split`), an MSED split folder, or a posts file."""
     p = Path(spec)
     if p.is_dir():
-        if split is None:
-            raise DataError(f"{p}: an MSED folder needs a split name (train / dev / test)")
-        return read_msed(p, split, **kw)
+        csv_path = msed_csv(p, split)
+        if csv_path is None:
+            raise DataError(f"{p}: not an MSED folder (expected {{split}}/{{split}}.csv + {{split}}/images/)")
+        return read_msed(csv_path.parent.parent, csv_path.parent.name, **kw)
     return read_posts(p, **kw)
 
 
