@@ -62,17 +62,22 @@ class PostRow:
 
 
 # --- the file parser ------------------------------------------------------------------------------------
+def _checked(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: posts file not found")
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{path}: unsupported posts file type {path.suffix.lower()!r}; use {', '.join(SUFFIXES)}")
+    return path
+
+
 def read_rows(path: str | os.PathLike[str]) -> Iterator[tuple[str, RawRow | DataError]]:
     """(where, row) for each data row of a posts file; a row that does not parse comes as its DataError.
 
     Raises DataError at once for a missing file or an unsupported suffix."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: posts file not found")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(f"{path}: unsupported posts file type {suffix!r}; use {', '.join(SUFFIXES)}")
-    return _json_rows(path) if suffix in JSON_SUFFIXES else _csv_rows(path, CSV_SUFFIXES[suffix])
+    path = _checked(path)
+    delimiter = CSV_SUFFIXES.get(path.suffix.lower())
+    return _json_rows(path) if delimiter is None else _csv_rows(path, delimiter)
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, RawRow | DataError]]:
@@ -197,10 +202,7 @@ def plan_posts(source: str | os.PathLike[str], *, split: str | None = None, imag
             raise DataError(f"{path}: not an MSED folder ({{split}}/{{split}}.csv + {{split}}/images/) "
                             f"and not a posts file ({', '.join(SUFFIXES)})")
         path = csv_path
-    elif not path.exists():
-        raise DataError(f"{path}: posts file not found")
-    read_rows(path)  # checks the suffix
-    columns = _header(path)
+    columns = _header(_checked(path))
     if not image_column and _is_msed_csv(path, columns):
         text_column = text_column or MSED_TEXT
         image_pattern = image_pattern or MSED_PATTERN
