@@ -3,17 +3,16 @@
 Layouts understood by `load_items(source)`:
 - MSED: a folder holding `{split}/{split}.csv` + `{split}/images/K.jpg` (row K, 1-based <-> K.jpg),
   text = the Caption column, labels = Sentiment / Emotion / Desire; or the split folder itself.
-- A JSONL file of posts: one object a line with `image` (path, relative to the file) and `text`;
-  any other string field whose name is a task (`sentiment`, ...) or a `labels` object gives labels.
-- A CSV file of posts: columns `image` (or `image_path`) and `text` (or `Caption`), optional label columns.
+- A posts file (JSONL / CSV / TSV): an image path column (`image`, ...; relative to the file) and a text
+  column (`text`, ...); a column named like a task (`sentiment`, ...) or a `labels` object gives labels.
 - A folder of images: the text of `x.jpg` comes from `x.txt` beside it when present, else "".
-Only the paths are read here; images are decoded later by the reader with sdk.preprocess, exactly
-as the runtime does.
+MSED and posts files are read by `sdk.posts` (the one posts reader: columns, row numbers, errors); only
+the paths are read here, images are decoded later by the reader with sdk.preprocess, exactly as the
+runtime does.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -25,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from sdk.errors import DataError
+from sdk.posts import MSED_PATTERN, MSED_TEXT, TASK_NAMES, PostsPlan, iter_rows, msed_csv, plan_posts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-TASK_NAMES = ("sentiment", "emotion", "desire")
 
 
 @dataclass
@@ -69,70 +68,28 @@ def data_fingerprint(posts: Sequence[Post]) -> str:
     return h.hexdigest()
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))  # a real CSV parser: MSED captions span lines inside quotes
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-
-
-def _labels_from(row: dict[str, Any]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    nested = row.get("labels")
-    if isinstance(nested, dict):
-        labels.update({str(k).lower(): str(v) for k, v in nested.items()})
-    for k, v in row.items():
-        if isinstance(k, str) and k.lower() in TASK_NAMES and v not in (None, ""):
-            labels[k.lower()] = str(v).strip()
-    return labels
+def _posts(plan: PostsPlan) -> list[Post]:
+    """Every row of a posts plan as a Post; the first unusable row raises its DataError."""
+    posts = []
+    for row in iter_rows(plan, tasks=TASK_NAMES, check_images=True, require_text=True):
+        row.check()
+        posts.append(Post(image=str(row.image), text=row.text or "", labels=row.labels,
+                          id=str(row.n if row.id is None else row.id)))
+    return posts
 
 
 def load_msed(split_dir: Path) -> list[Post]:
     """Rows of an MSED split folder (`dev/` holding dev.csv and images/)."""
+    split_dir = Path(split_dir)
     csv_path = split_dir / f"{split_dir.name}.csv"
     if not csv_path.is_file():
-        raise DataError(f"{split_dir} is not an MSED split folder: {csv_path.name} is missing")
-    rows = _read_csv(csv_path)
-    posts = []
-    for k, row in enumerate(rows, start=1):
-        if "Caption" not in row:
-            raise DataError(f"{csv_path}: no 'Caption' column (columns: {sorted(row)})")
-        img = split_dir / "images" / f"{k}.jpg"
-        posts.append(Post(image=str(img), text=row["Caption"] or "", labels=_labels_from(row), id=str(k)))
-    return posts
+        raise DataError(f"{split_dir}: not an MSED split folder ({csv_path.name} is missing)")
+    return _posts(plan_posts(csv_path, text_column=MSED_TEXT, image_pattern=MSED_PATTERN))
 
 
 def load_posts_file(path: Path) -> list[Post]:
-    """A JSONL or CSV file of posts (image paths relative to the file's folder)."""
-    base = path.parent
-    if path.suffix.lower() in (".jsonl", ".json"):
-        rows: list[dict[str, Any]] = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {n}: not JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}, line {n}: expected an object, got {type(obj).__name__}")
-                rows.append(obj)
-    else:
-        rows = _read_csv(path)
-    posts = []
-    for n, row in enumerate(rows, start=1):
-        img = row.get("image", row.get("image_path"))
-        text = row.get("text", row.get("Caption"))
-        if not img:
-            raise DataError(f"{path}, row {n}: no 'image' field")
-        if text is None:
-            raise DataError(f"{path}, row {n}: no 'text' field")
-        img_path = Path(img) if Path(img).is_absolute() else base / img
-        posts.append(Post(image=str(img_path), text=str(text), labels=_labels_from(row),
-                          id=str(row.get("id", n))))
-    return posts
+    """A JSONL / CSV / TSV file of posts (image paths relative to the file's folder)."""
+    return _posts(plan_posts(path))
 
 
 def load_image_folder(path: Path) -> list[Post]:
@@ -148,22 +105,14 @@ def load_image_folder(path: Path) -> list[Post]:
 
 
 def load_items(source: str | os.PathLike[str], split: str = "train") -> list[Post]:
-    """Posts from an MSED root / split folder, a JSONL/CSV file, or a folder of images (see module doc)."""
+    """Posts from an MSED root / split folder, a posts file, or a folder of images (see module doc)."""
     path = Path(source)
     if not path.exists():
-        raise DataError(f"calibration data not found: {path}")
-    if path.is_file():
-        if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
-            raise DataError(f"{path}: unsupported data file (expected .jsonl or .csv)")
-        return load_posts_file(path)
-    if (path / split / f"{split}.csv").is_file():
-        return load_msed(path / split)
-    if (path / f"{path.name}.csv").is_file():
-        return load_msed(path)
-    splits = sorted(p.name for p in path.iterdir() if (p / f"{p.name}.csv").is_file())
-    if splits:
-        raise DataError(f"{path}: MSED split {split!r} not found (available: {', '.join(splits)})")
-    return load_image_folder(path)
+        raise DataError(f"{path}: calibration data not found")
+    if path.is_dir():
+        csv_path = msed_csv(path, split)
+        return load_image_folder(path) if csv_path is None else load_msed(csv_path.parent)
+    return load_posts_file(path)
 
 
 _GEN_WORDS = ("a", "photo", "of", "happy", "sad", "dog", "family", "beach", "angry", "man", "crowd",

@@ -1,5 +1,6 @@
-"""The export's checks and records: graph I/O specs, package versions, FP32 parity, the shared-encoder branches,
-the written bundle opened by sdk.Analyzer, the label-structure table, checkpoint provenance."""
+"""The export's checks and records: the output folder and the models exported together, graph I/O specs,
+package versions, FP32 parity, the shared-encoder branches, the held-out precision report, the staged bundle
+opened by sdk.Analyzer, the label-structure table, checkpoint provenance."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError, ExportValidationError
-from sdk.bundle import sha256_file
+from sdk.bundle import Bundle, sha256_file
 
 log = logging.getLogger("export")
 
@@ -62,6 +63,23 @@ def check_branches(graph: Any, feeds: list[dict[str, np.ndarray]], ref: dict[str
                                       f"{d:.2e} (> 1e-5): the model's image path is not the shared one")
 
 
+def check_output(output: Path, opts: Any) -> None:
+    """The bundle's folder is new, or `opts.overwrite` allows replacing it (checked before any heavy work)."""
+    if output.exists() and not opts.overwrite:
+        raise ExportError(f"{output} already exists (pass --overwrite to replace it)")
+
+
+def check_models(models: Sequence[Any], tokenizer_file: str | Path | None) -> Path:
+    """Models exported together share preprocessing and tokenizer settings; -> the tokenizer file."""
+    cfg0 = models[0].config
+    for m in models[1:]:
+        if m.config.preprocess != cfg0.preprocess or m.config.tokenizer != cfg0.tokenizer:
+            raise ExportError("checkpoints exported together must share preprocessing and tokenizer settings")
+    if tokenizer_file is None or not Path(tokenizer_file).is_file():
+        raise ExportError(f"tokenizer file {tokenizer_file} not found (a checkpoint holds tokenizer.json)")
+    return Path(tokenizer_file)
+
+
 def check_fp32(cmp: dict[str, Any], tolerance: float, what: str) -> None:
     worst = max(cmp["max_abs_diff"].values())
     if worst > tolerance:
@@ -72,11 +90,11 @@ def check_fp32(cmp: dict[str, Any], tolerance: float, what: str) -> None:
             {"max_abs_diff": cmp["max_abs_diff"], "tolerance": tolerance})
 
 
-def check_with_analyzer(folder: Path, graph: Any, pcfg: Any, tokenizer: Any, tolerance: float | None,
+def check_with_analyzer(bundle: Path | Bundle, graph: Any, pcfg: Any, tokenizer: Any, tolerance: float | None,
                         backend: str = "onnxruntime") -> dict[str, Any]:
-    """Open the written bundle as a user would (sdk.Analyzer: manifest validation, sha256 checks, its own
-    preprocessing and tokenisation) and compare one post's probabilities with the torch model's.
-    With `tolerance` (FP32) a larger difference is an ExportValidationError."""
+    """Open the bundle as a user would (sdk.Analyzer: its own preprocessing and tokenisation; a folder is
+    also validated and hash-checked, a Bundle was when it was opened) and compare one post's probabilities
+    with the torch model's. With `tolerance` (FP32) a larger difference is an ExportValidationError."""
     from calibration.data import generated_posts
     from calibration.reader import SydesCalibrationReader
     from export.verify import CAPTIONS, torch_probs
@@ -85,7 +103,7 @@ def check_with_analyzer(folder: Path, graph: Any, pcfg: Any, tokenizer: Any, tol
     post = generated_posts(1, seed=4321)[0]
     post.text = CAPTIONS[2]
     ref = torch_probs(graph, [SydesCalibrationReader([post], pcfg, tokenizer).feed([post])])
-    with Analyzer(folder, backend=backend, device="cpu", warmup=False, fast_decode=False) as a:
+    with Analyzer(bundle, backend=backend, device="cpu", warmup=False, fast_decode=False) as a:
         backend = a.info.backend
         res = a.analyze(post.image, post.text)
     if not res.ok:
@@ -100,6 +118,27 @@ def check_with_analyzer(folder: Path, graph: Any, pcfg: Any, tokenizer: Any, tol
             f"{', '.join(f'{t}: {d:.3e}' for t, d in diff.items())} exceeds {tolerance:g}",
             {"max_abs_diff": diff, "tolerance": tolerance})
     return {"backend": backend, "max_abs_diff": diff}
+
+
+def held_out_report(opt: Path, final: Path, info: dict[str, Any], held: Sequence[Any], desc: str | None, *,
+                    graph: Any, pcfg: Any, tokenizer: Any, precision: str, sw: Any) -> dict[str, Any] | None:
+    """A reduced-precision graph vs the FP32 (optimised) one on the held-out posts (top-1 agreement,
+    macro-F1 drop), plus INT8's calibration record; None for FP32 or without held-out posts."""
+    from calibration.reader import SydesCalibrationReader
+    from calibration.report import compare_probs, label_indices, run_graph
+
+    report = None
+    if precision != "fp32" and held:
+        with sw("held_out_report"):
+            reader = SydesCalibrationReader(list(held), pcfg, tokenizer, batch_size=8, trim=True)
+            base, cand = run_graph(opt, reader.batches()), run_graph(final, reader.batches())
+            rep = compare_probs({t: base[f"probs_{t}"] for t in graph.tasks},
+                                {t: cand[f"probs_{t}"] for t in graph.tasks}, label_indices(held, graph.labels))
+        report = {"reference": "fp32", "data": desc, "samples": len(held), "tasks": rep}
+    if precision == "int8" and "calibration" in info:
+        report = report or {"reference": "fp32", "data": desc, "samples": 0, "tasks": {}}
+        report["calibration"] = info["calibration"]
+    return report
 
 
 def label_structure(models: Sequence[Any], labels: dict[str, Any]) -> dict[str, Any] | None:

@@ -8,29 +8,32 @@
 5. convert to the precision (fp32 / fp16 / int8 with calibration, cached);
 6. verify the final graph against torch (figures into the manifest), and for reduced precisions with
    calibration data, compare with FP32 on a held-out slice (top-1 agreement, macro-F1 drop);
-7. write the bundle into a temp folder, validate it by loading it with sdk.Analyzer, rename into place;
+7. stage the bundle in a temp folder (each file hashed once), open it with sdk.Analyzer on the in-memory
+   manifest, then write manifest.json once (with the Analyzer's figures) and rename into place
+   (export.bundle_writer);
 8. optionally build a TensorRT engine into the bundle's engines/.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata
+import functools
 import importlib.util
-import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.bundle_writer import bundle_manifest, write_bundle
 from export.checks import (
     check_branches,
     check_fp32,
+    check_models,
+    check_output,
     check_with_analyzer,
     checkpoint_record,
+    held_out_report,
     label_structure,
     package_versions,
     tensor_specs,
@@ -138,14 +141,23 @@ def check_options(opts: ExportOptions) -> ExportOptions:
     return opts
 
 
-def _calibration_posts(opts: ExportOptions, tasks: dict[str, list[str]]) -> tuple[list[Any], list[Any], str]:
-    """(calibration posts, held-out posts, description of the data)."""
+@dataclass
+class _Calibration:
+    posts: list[Any] = field(default_factory=list)  # calibration posts
+    held: list[Any] = field(default_factory=list)   # held-out posts for the precision report
+    desc: str | None = None                         # description of the data
+
+
+def _calibration_posts(opts: ExportOptions, tasks: dict[str, list[str]]) -> _Calibration:
+    """The calibration and held-out posts of `opts.calib` (none without it)."""
+    if not opts.calib:
+        return _Calibration()
     from calibration.data import generated_posts, load_items
     from calibration.sampling import select_samples
 
     if opts.calib == "generated":
         posts = generated_posts(opts.calib_samples + opts.eval_samples, seed=opts.calib_seed, tasks=tasks)
-        return posts[:opts.calib_samples], posts[opts.calib_samples:], "generated"
+        return _Calibration(posts[:opts.calib_samples], posts[opts.calib_samples:], "generated")
     src = Path(str(opts.calib))
     pool = load_items(src, split=opts.calib_split)
     calib = select_samples(pool, opts.calib_samples, seed=opts.calib_seed)
@@ -159,168 +171,174 @@ def _calibration_posts(opts: ExportOptions, tasks: dict[str, list[str]]) -> tupl
             rest = [p for p in pool if id(p) not in chosen]
         if rest:
             held = select_samples(rest, opts.eval_samples, seed=opts.calib_seed + 1, warn_below=0)
-    return calib, held, f"{src}" + (f" [{opts.calib_split}]" if src.is_dir() else "")
+    return _Calibration(calib, held, f"{src}" + (f" [{opts.calib_split}]" if src.is_dir() else ""))
 
 
-# --- the pipeline -------------------------------------------------------------------------------------
+# --- the pipeline: one function per stage ---------------------------------------------------------------
+@dataclass
+class _Job:
+    """What every stage reads: the validated options, the graph and its preprocessing / tokenizer, the
+    verification feeds, the scratch folder, the cache root and the stopwatch."""
+
+    opts: ExportOptions
+    graph: Any
+    pcfg: Any
+    tokenizer: Any
+    feeds: list[dict[str, Any]]
+    tmp: Path
+    cache: Path
+    sw: Stopwatch
+
+    @property
+    def ir(self) -> bool:  # an OpenVINO IR (model.xml + model.bin) instead of model.onnx
+        return self.opts.target == "openvino"
+
+
+def _export_raw(job: _Job, ref: dict[str, Any]) -> tuple[Path, bool]:
+    """torch.onnx.export (through the graph cache) and its FP32 check -> (raw.onnx, cache hit)."""
+    from export.graph import cached_export_onnx
+    from export.verify import compare, onnx_probs
+
+    raw = job.tmp / "raw.onnx"
+    with job.sw("onnx_export"):
+        _, hit = cached_export_onnx(job.graph, job.feeds[0], raw, opset=job.opts.opset,
+                                    max_length=int(job.graph.models[0].config.tokenizer.max_length),
+                                    cache_dir=job.cache / "graphs" if job.opts.graph_cache else None)
+    with job.sw("verify"):
+        cmp = compare(ref, onnx_probs(raw, job.feeds, job.graph.tasks))
+    check_fp32(cmp, job.opts.tolerance, "the exported ONNX graph")
+    return raw, hit
+
+
+def _optimise(job: _Job, raw: Path, ref: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Basic optimisation (+ contrib fusions where asked and harmless) -> (graph, info, its comparison)."""
+    from export.optimize import optimize_basic, transformer_fusions
+    from export.verify import compare, onnx_probs
+
+    opts = job.opts
+    with job.sw("optimise"):
+        opt = job.tmp / "optimised.onnx"
+        info = optimize_basic(raw, opt)
+        fused: dict[str, int] = {}
+        if opts.fusions and opts.target == "cpu" and opts.precision in ("fp32", "fp16"):
+            fused_path = job.tmp / "fused.onnx"
+            fused = transformer_fusions(opt, fused_path)
+            if fused:
+                fcmp = compare(ref, onnx_probs(fused_path, job.feeds, job.graph.tasks))
+                if max(fcmp["max_abs_diff"].values()) <= opts.tolerance:
+                    opt = fused_path
+                    info["method"] += "+transformer-fusions"
+                else:
+                    log.warning("transformer fusions changed the outputs (%s): not used", fcmp["max_abs_diff"])
+                    fused = {}
+        info["fusions"] = fused
+        cmp = compare(ref, onnx_probs(opt, job.feeds, job.graph.tasks))
+    check_fp32(cmp, opts.tolerance, "the optimised graph")
+    return opt, info, cmp
+
+
+def _convert(job: _Job, opt: Path, calib: _Calibration) -> tuple[Path, dict[str, Any]]:
+    """The optimised graph -> the bundle's precision (and format) -> (final graph, precision details)."""
+    from calibration.cache import CalibrationCache
+    from calibration.reader import SydesCalibrationReader
+
+    opts = job.opts
+    reader = (SydesCalibrationReader(calib.posts, job.pcfg, job.tokenizer, batch_size=1, trim="dataset")
+              if calib.posts else None)
+    final = job.tmp / ("model.xml" if job.ir else "model.onnx")
+    with job.sw("convert_" + opts.precision):
+        ctx = ConvertContext(src=opt, dst=final, work_dir=job.tmp, target=opts.target, calib_reader=reader,
+                             calib_method=opts.calib_method, calib_cache=CalibrationCache(job.cache / "calibration"),
+                             options={"openvino_quant": opts.openvino_quant} if job.ir else {})
+        if job.ir:
+            from export.openvino import convert as to_openvino
+
+            info = to_openvino(ctx, opts.precision)
+        else:
+            info = get_precision(opts.precision).convert(ctx)
+    return final, info
+
+
+def _manifest(job: _Job, name: str, models: Sequence[Any], checkpoints: Sequence[dict[str, Any]], *,
+              opt: Path, opt_info: dict[str, Any], opt_cmp: dict[str, Any], info: dict[str, Any],
+              final_cmp: dict[str, Any], graph_hit: bool, calib: _Calibration,
+              calib_report: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest but its file records (bundle_writer adds them once the files are staged)."""
+    opts, graph = job.opts, job.graph
+    tok = graph.models[0].config.tokenizer
+    inputs, outputs = tensor_specs(opt)  # the final graph has the optimised graph's inputs and outputs
+    provenance: dict[str, Any] = {
+        "checkpoints": list(checkpoints), "packages": package_versions(), "opset": opts.opset,
+        "exporter": "torch.onnx.export(dynamo=True)", "target": opts.target,
+        "optimisation": opt_info, "precision_details": {k: v for k, v in info.items() if k != "calibration"},
+        "calibration": ({"method": opts.calib_method, "samples": len(calib.posts), "data": calib.desc}
+                        if opts.precision == "int8" else None),
+        "shared_image_encoder": graph.shared, "graph_cache_hit": graph_hit,
+    }
+    validation = {
+        "tolerance": opts.tolerance, "reference": "torch fp32",
+        "max_abs_diff": final_cmp["max_abs_diff"], "agreement": final_cmp["agreement"],
+        "fp32_graph_max_abs_diff": opt_cmp["max_abs_diff"],
+        "samples": final_cmp["samples"], "batch_sizes": [int(f["input_ids"].shape[0]) for f in job.feeds],
+        "text_lengths": [int(f["input_ids"].shape[1]) for f in job.feeds],
+        "passed": max(final_cmp["max_abs_diff"].values()) <= opts.tolerance if opts.precision == "fp32" else None,
+    }
+    return bundle_manifest(name=name, labels=graph.labels, precision=opts.precision, inputs=inputs, outputs=outputs,
+                           tokenizer={"kind": tok.kind, "max_length": int(tok.max_length), "trim_padding": True},
+                           preprocess=job.pcfg.to_dict(), provenance=provenance, validation=validation,
+                           calibration_report=calib_report, label_structure=label_structure(models, graph.labels))
+
+
 def export_models(models: Sequence[Any], output: str | Path, opts: ExportOptions | None = None,
                   tokenizer_file: str | Path | None = None,
                   checkpoints: Sequence[dict[str, Any]] = ()) -> ExportReport:
     """Export in-memory SyDES model(s) (all sharing one tokenizer / preprocessing) to a bundle."""
-    from calibration.cache import CalibrationCache, cache_root
-    from calibration.reader import SydesCalibrationReader
-    from calibration.report import compare_probs, label_indices, run_graph
-    from export.graph import ExportGraph, cached_export_onnx
-    from export.optimize import optimize_basic, transformer_fusions
+    opts = check_options(opts or ExportOptions())
+    check_output(Path(output), opts)
+    return _export(models, Path(output), opts, check_models(models, tokenizer_file), checkpoints)
+
+
+def _export(models: Sequence[Any], output: Path, opts: ExportOptions, tokenizer_file: Path,
+            checkpoints: Sequence[dict[str, Any]]) -> ExportReport:
+    """The stages, in order, on checked options and models."""
+    from calibration.cache import cache_root
+    from export.graph import ExportGraph
     from export.verify import compare, onnx_probs, torch_probs, verification_feeds
-    from sdk.atomic import atomic_directory
-    from sdk.bundle import file_record, write_manifest
     from sdk.preprocess import PreprocessConfig
     from sdk.tokenizer import Tokenizer
 
-    opts = check_options(opts or ExportOptions())
-    output = Path(output)
-    if output.exists() and not opts.overwrite:
-        raise ExportError(f"{output} already exists (pass --overwrite to replace it)")
     cfg0 = models[0].config
-    for m in models[1:]:
-        if m.config.preprocess != cfg0.preprocess or m.config.tokenizer != cfg0.tokenizer:
-            raise ExportError("checkpoints exported together must share preprocessing and tokenizer settings")
-    if tokenizer_file is None or not Path(tokenizer_file).is_file():
-        raise ExportError(f"tokenizer file {tokenizer_file} not found (a checkpoint holds tokenizer.json)")
     pcfg = PreprocessConfig.from_dict(cfg0.preprocess)
-    tok_kind, max_length = cfg0.tokenizer.kind, int(cfg0.tokenizer.max_length)
-    tokenizer = Tokenizer.from_file(tokenizer_file, max_length=max_length, kind=tok_kind)
+    tokenizer = Tokenizer.from_file(tokenizer_file, max_length=int(cfg0.tokenizer.max_length),
+                                    kind=cfg0.tokenizer.kind)
     graph = ExportGraph(list(models)).eval()
     sw = Stopwatch(opts.progress)
-
-    with tempfile.TemporaryDirectory(prefix="sydes-export.") as tmp_s:
-        tmp = Path(tmp_s)
-        feeds = verification_feeds(pcfg, tokenizer)
+    with tempfile.TemporaryDirectory(prefix="sydes-export.") as tmp:
+        job = _Job(opts, graph, pcfg, tokenizer, verification_feeds(pcfg, tokenizer), Path(tmp),
+                   Path(opts.cache_dir) if opts.cache_dir else cache_root(), sw)
         with sw("torch_reference"):
-            ref = torch_probs(graph, feeds)
+            ref = torch_probs(graph, job.feeds)
             if graph.shared:  # the shared-encoder graph must answer as each model does on its own
-                check_branches(graph, feeds, ref)
-        raw = tmp / "raw.onnx"
-        root = Path(opts.cache_dir) if opts.cache_dir else cache_root()
-        with sw("onnx_export"):
-            _, graph_hit = cached_export_onnx(graph, feeds[0], raw, opset=opts.opset, max_length=max_length,
-                                              cache_dir=root / "graphs" if opts.graph_cache else None)
+                check_branches(graph, job.feeds, ref)
+        raw, graph_hit = _export_raw(job, ref)
+        opt, opt_info, opt_cmp = _optimise(job, raw, ref)
+        calib = _calibration_posts(opts, graph.labels)
+        final, info = _convert(job, opt, calib)
         with sw("verify"):
-            raw_cmp = compare(ref, onnx_probs(raw, feeds, graph.tasks))
-        check_fp32(raw_cmp, opts.tolerance, "the exported ONNX graph")
-
-        with sw("optimise"):
-            opt = tmp / "optimised.onnx"
-            opt_info = optimize_basic(raw, opt)
-            fused: dict[str, int] = {}
-            if opts.fusions and opts.target == "cpu" and opts.precision in ("fp32", "fp16"):
-                fused_path = tmp / "fused.onnx"
-                fused = transformer_fusions(opt, fused_path)
-                if fused:
-                    fcmp = compare(ref, onnx_probs(fused_path, feeds, graph.tasks))
-                    if max(fcmp["max_abs_diff"].values()) <= opts.tolerance:
-                        opt = fused_path
-                        opt_info["method"] += "+transformer-fusions"
-                    else:
-                        log.warning("transformer fusions changed the outputs (%s): not used", fcmp["max_abs_diff"])
-                        fused = {}
-            opt_info["fusions"] = fused
-            opt_cmp = compare(ref, onnx_probs(opt, feeds, graph.tasks))
-        check_fp32(opt_cmp, opts.tolerance, "the optimised graph")
-
-        calib_posts, held_posts, calib_desc = [], [], None
-        if opts.calib:
-            calib_posts, held_posts, calib_desc = _calibration_posts(opts, graph.labels)
-        reader = (SydesCalibrationReader(calib_posts, pcfg, tokenizer, batch_size=1, trim="dataset")
-                  if calib_posts else None)
-        ir = opts.target == "openvino"  # an OpenVINO IR (model.xml + model.bin) instead of model.onnx
-        final = tmp / ("model.xml" if ir else "model.onnx")
-        with sw("convert_" + opts.precision):
-            ctx = ConvertContext(src=opt, dst=final, work_dir=tmp, target=opts.target, calib_reader=reader,
-                                 calib_method=opts.calib_method, calib_cache=CalibrationCache(root / "calibration"),
-                                 options={"openvino_quant": opts.openvino_quant} if ir else {})
-            if ir:
-                from export.openvino import convert as to_openvino
-
-                info = to_openvino(ctx, opts.precision)
-            else:
-                info = get_precision(opts.precision).convert(ctx)
-        with sw("verify"):
-            final_cmp = compare(ref, onnx_probs(final, feeds, graph.tasks))
+            final_cmp = compare(ref, onnx_probs(final, job.feeds, graph.tasks))
         if opts.precision == "fp32":
             check_fp32(final_cmp, opts.tolerance, "the final FP32 graph")
-
-        calib_report = None
-        if opts.precision != "fp32" and held_posts:
-            with sw("held_out_report"):
-                hreader = SydesCalibrationReader(held_posts, pcfg, tokenizer, batch_size=8, trim=True)
-                base = run_graph(opt, hreader.batches())
-                cand = run_graph(final, hreader.batches())
-                tasks_rep = compare_probs({t: base[f"probs_{t}"] for t in graph.tasks},
-                                          {t: cand[f"probs_{t}"] for t in graph.tasks},
-                                          label_indices(held_posts, graph.labels))
-            calib_report = {"reference": "fp32", "data": calib_desc, "samples": len(held_posts),
-                            "tasks": tasks_rep}
-        if opts.precision == "int8" and "calibration" in info:
-            calib_report = calib_report or {"reference": "fp32", "data": calib_desc, "samples": 0, "tasks": {}}
-            calib_report["calibration"] = info["calibration"]
-
-        name = opts.name or output.name.removesuffix(".sydes")
-        inputs, outputs = tensor_specs(opt)  # the final graph has the optimised graph's inputs and outputs
-        provenance: dict[str, Any] = {
-            "checkpoints": list(checkpoints), "packages": package_versions(), "opset": opts.opset,
-            "exporter": "torch.onnx.export(dynamo=True)", "target": opts.target,
-            "optimisation": opt_info, "precision_details": {k: v for k, v in info.items() if k != "calibration"},
-            "calibration": ({"method": opts.calib_method, "samples": len(calib_posts), "data": calib_desc}
-                            if opts.precision == "int8" else None),
-            "shared_image_encoder": graph.shared, "graph_cache_hit": graph_hit,
-        }
-        validation = {
-            "tolerance": opts.tolerance, "reference": "torch fp32",
-            "max_abs_diff": final_cmp["max_abs_diff"], "agreement": final_cmp["agreement"],
-            "fp32_graph_max_abs_diff": opt_cmp["max_abs_diff"],
-            "samples": final_cmp["samples"], "batch_sizes": [int(f["input_ids"].shape[0]) for f in feeds],
-            "text_lengths": [int(f["input_ids"].shape[1]) for f in feeds],
-            "passed": max(final_cmp["max_abs_diff"].values()) <= opts.tolerance if opts.precision == "fp32"
-            else None,
-        }
-        with sw("write_bundle"), atomic_directory(output, overwrite=opts.overwrite) as folder:
-            shutil.copyfile(final, folder / final.name)
-            if ir:
-                shutil.copyfile(final.with_suffix(".bin"), folder / "model.bin")
-            shutil.copyfile(tokenizer_file, folder / "tokenizer.json")
-            (folder / "engines").mkdir()
-            graph_rec = file_record(folder, final.name)
-            if ir:
-                graph_rec.update(format="openvino", weights=file_record(folder, "model.bin"))
-            tok_rec = file_record(folder, "tokenizer.json")
-            manifest = {
-                "schema": "sydes-bundle", "schema_version": 1, "name": name,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "tasks": {t: list(v) for t, v in graph.labels.items()},
-                "precision": opts.precision,
-                "graphs": {"model": {**graph_rec, "inputs": inputs, "outputs": outputs}},
-                "tokenizer": {"file": "tokenizer.json", "sha256": tok_rec["sha256"], "kind": tok_kind,
-                              "max_length": max_length, "trim_padding": True},
-                "preprocess": pcfg.to_dict(),
-                "provenance": provenance,
-                "validation": validation,
-                "calibration_report": calib_report,
-                "engines": "engines/",
-            }
-            structure = label_structure(models, graph.labels)
-            if structure is not None:
-                manifest["label_structure"] = structure
-            write_manifest(folder, json.loads(json.dumps(manifest)))  # plain JSON types only
-            if opts.check_analyzer:
-                validation["analyzer"] = check_with_analyzer(
-                    folder, graph, pcfg, tokenizer, opts.tolerance if opts.precision == "fp32" else None,
-                    backend="openvino" if ir else "onnxruntime")
-                write_manifest(folder, json.loads(json.dumps(manifest)))
-            from export.model_card import write_bundle_card
-
-            write_bundle_card(folder, manifest, list(checkpoints))
+        calib_report = held_out_report(opt, final, info, calib.held, calib.desc, graph=graph, pcfg=pcfg,
+                                       tokenizer=tokenizer, precision=opts.precision, sw=sw)
+        manifest = _manifest(job, opts.name or output.name.removesuffix(".sydes"), models, checkpoints, opt=opt,
+                             opt_info=opt_info, opt_cmp=opt_cmp, info=info, final_cmp=final_cmp,
+                             graph_hit=graph_hit, calib=calib, calib_report=calib_report)
+        tol = opts.tolerance if opts.precision == "fp32" else None  # reduced precisions: figures only
+        check = functools.partial(check_with_analyzer, graph=graph, pcfg=pcfg, tokenizer=tokenizer, tolerance=tol,
+                                  backend="openvino" if job.ir else "onnxruntime")
+        with sw("write_bundle"):  # the Analyzer checks the staged bundle; the manifest is written once, after it
+            manifest = write_bundle(output, manifest, graph=final, tokenizer=tokenizer_file, overwrite=opts.overwrite,
+                                    check=check if opts.check_analyzer else None, checkpoints=checkpoints)
     if opts.format == "tensorrt":
         with sw("tensorrt_engine"):
             from export.tensorrt import build_bundle_engine
@@ -346,8 +364,7 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
     paths = [Path(c) for c in checkpoints]
     if not paths:
         raise ExportError("no checkpoint given")
-    if Path(output).exists() and not opts.overwrite:
-        raise ExportError(f"{output} already exists (pass --overwrite to replace it)")
+    check_output(Path(output), opts)
     if len({p.resolve() for p in paths}) != len(paths):
         raise ExportError("the same checkpoint is given more than once")
     models = []
@@ -368,5 +385,4 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
         other = p / "tokenizer.json"
         if other.is_file() and tok.is_file() and sha256_file(other) != sha256_file(tok):
             raise ExportError(f"{p} has a different tokenizer.json than {paths[0]}: one bundle has one tokenizer")
-    return export_models(models, output, opts, tokenizer_file=tok,
-                         checkpoints=[checkpoint_record(p) for p in paths])
+    return _export(models, Path(output), opts, check_models(models, tok), [checkpoint_record(p) for p in paths])

@@ -246,12 +246,13 @@ def validate_manifest(d: Any) -> Manifest:
 def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
     """Validate `manifest` and write `folder/manifest.json` atomically; returns its path.
 
-    The listed files must already be in `folder` with the listed hashes (checked, so that a bundle is
-    never written with a manifest that its own reader would reject).
+    The listed files must already be in `folder` with the listed hashes (checked as its reader checks them,
+    so that a bundle is never written with a manifest that its own reader would reject; a file hashed by
+    `file_record` in this process is not read again unless it changed since).
     """
     folder = Path(folder)
     m = validate_manifest(manifest)
-    _verify_files(folder, m, use_cache=False)
+    _verify_files(folder, m)
     path = folder / MANIFEST
     atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return path
@@ -329,9 +330,12 @@ class Bundle:
         _verify_files(self.path, self.manifest, use_cache=False)
 
 
-def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
+def load_bundle(path: str | os.PathLike[str], verify: bool = True, *,
+                manifest: dict[str, Any] | None = None) -> Bundle:
     """Open a bundle folder: parse and validate manifest.json, and (by default) check every file's sha256.
 
+    `manifest`: a manifest dict to open the folder with instead of its manifest.json (a bundle being
+    written, checked before its manifest is final); validated and verified exactly as the file would be.
     Hashes are cached per process by file identity, so re-opening an unchanged bundle is fast.
     Raises BundleError (missing / malformed / unsupported) or BundleIntegrityError (a file changed).
     """
@@ -342,14 +346,18 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         raise BundleError(f"bundle {folder} does not exist")
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} is not a folder (a bundle is a NAME.sydes/ folder)")
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{folder} has no {MANIFEST}: not a SyDES bundle")
-    try:
-        raw = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mpath} is not valid JSON: {e}") from e
+    raw = _read_manifest(folder) if manifest is None else manifest
     m = validate_manifest(raw)
     if verify:
         _verify_files(folder, m)
     return Bundle(path=folder, manifest=m)
+
+
+def _read_manifest(folder: Path) -> Any:
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{folder} has no {MANIFEST}: not a SyDES bundle")
+    try:
+        return json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON: {e}") from e

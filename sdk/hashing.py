@@ -53,8 +53,9 @@ def clear_verify_cache() -> None:
 
 
 def file_record(folder: str | os.PathLike[str], relpath: str) -> dict[str, Any]:
-    """`{"file", "sha256", "bytes"}` for a file inside a bundle folder (what the manifest lists)."""
+    """`{"file", "sha256", "bytes"}` for a file inside a bundle folder (what the manifest lists); the hash
+    goes into the verify cache, so checking the new manifest does not read the file again."""
     path = Path(folder) / relpath
     if not path.is_file():
         raise BundleError(f"{path} is not a file")
-    return {"file": relpath, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"file": relpath, "sha256": cached_sha256(path), "bytes": path.stat().st_size}

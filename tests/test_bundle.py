@@ -109,9 +109,51 @@ def test_verify_cache_makes_reopen_fast(bundle_dir: Path, monkeypatch) -> None:
     (lambda m: m["graphs"].pop("model"), r"'graphs\.model' is missing"),
 ])
 def test_bad_manifest_fields(bundle_dir: Path, edit, match: str) -> None:
+    m = read_manifest(bundle_dir)
+    edit(m)
+    with pytest.raises(BundleError, match=match):  # an in-memory manifest is validated as the file is
+        B.load_bundle(bundle_dir, manifest=m)
     _rewrite(bundle_dir, edit)
     with pytest.raises(BundleError, match=match):
         B.load_bundle(bundle_dir)
+
+
+def test_in_memory_manifest(bundle_dir: Path) -> None:
+    """A bundle being written is opened with its manifest dict before manifest.json exists."""
+    m = read_manifest(bundle_dir)
+    (bundle_dir / "manifest.json").unlink()
+    b = B.load_bundle(bundle_dir, manifest=m)
+    assert b.name == "fake" and b.manifest.raw is m and b.graph_path().is_file()
+    with pytest.raises(BundleError, match="has no manifest.json: not a SyDES bundle"):
+        B.load_bundle(bundle_dir)
+    with pytest.raises(BundleError, match="nope.sydes does not exist"):
+        B.load_bundle(bundle_dir.parent / "nope.sydes", manifest=m)
+    with pytest.raises(BundleError, match="must be a JSON object"):
+        B.load_bundle(bundle_dir, manifest=[1])  # type: ignore[arg-type]
+    (bundle_dir / "tokenizer.json").write_text("{}")
+    with pytest.raises(BundleIntegrityError, match="tokenizer.json does not match its sha256"):
+        B.load_bundle(bundle_dir, manifest=m)
+
+
+def test_file_record_hash_is_not_read_again(bundle_dir: Path, monkeypatch) -> None:
+    """file_record's hash goes into the verify cache: checking the new manifest (write_manifest, load_bundle)
+    reads no file again; a file changed since is hashed anew."""
+    import sdk.hashing
+
+    B.clear_verify_cache()
+    m = read_manifest(bundle_dir)
+    calls: list[str] = []
+    real = sdk.hashing.sha256_file
+    monkeypatch.setattr(sdk.hashing, "sha256_file", lambda p, *a: calls.append(Path(p).name) or real(p, *a))
+    m["graphs"]["model"].update(B.file_record(bundle_dir, "model.onnx"))
+    m["tokenizer"]["sha256"] = B.file_record(bundle_dir, "tokenizer.json")["sha256"]
+    B.write_manifest(bundle_dir, m)
+    B.load_bundle(bundle_dir)
+    assert sorted(calls) == ["model.onnx", "tokenizer.json"]
+    (bundle_dir / "tokenizer.json").write_text("{}")
+    with pytest.raises(BundleIntegrityError, match="tokenizer.json does not match its sha256"):
+        B.write_manifest(bundle_dir, m)
+    assert calls[-1] == "tokenizer.json"
 
 
 def test_not_a_bundle(tmp_path: Path) -> None:

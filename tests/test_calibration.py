@@ -109,20 +109,27 @@ def test_load_posts_files_and_folder(tmp_path: Path) -> None:
     assert load_items(csvf)[0].labels == {"emotion": "fear"}
     folder = load_items(tmp_path / "imgs")
     assert [(p.id, p.text) for p in folder] == [("a", "hello there"), ("b", "")]
+    # the posts reader's errors (sdk.posts): "{file}:line {k}: {problem}"
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"image": "a.jpg", "text": "x"}\nnot json\n')
-    with pytest.raises(DataError, match="bad.jsonl, line 2: not JSON"):
+    bad.write_text('{"image": "imgs/a.jpg", "text": "x"}\nnot json\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:line 2: malformed JSON"):
+        load_items(bad)
+    bad.write_text('{"image": "imgs/a.jpg", "text": "x"}\n{"image": "imgs/gone.jpg", "text": "x"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:line 2: image .*gone.jpg not found"):
+        load_items(bad)
+    bad.write_text('{"image": "imgs/a.jpg", "text": "x"}\n{"image": "imgs/a.jpg"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:line 2: no text in column 'text'"):
         load_items(bad)
     (tmp_path / "noimg.jsonl").write_text('{"text": "x"}\n')
-    with pytest.raises(DataError, match="row 1: no 'image' field"):
+    with pytest.raises(DataError, match=r"noimg.jsonl: no image column .*the columns are: text"):
         load_items(tmp_path / "noimg.jsonl")
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="missing: calibration data not found"):
         load_items(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images found"):
         load_items(tmp_path / "empty")
     (tmp_path / "x.txt").write_text("")
-    with pytest.raises(DataError, match="unsupported data file"):
+    with pytest.raises(DataError, match=r"x.txt: unsupported posts file type '.txt'"):
         load_items(tmp_path / "x.txt")
 
 

@@ -67,7 +67,7 @@ def test_read_msed_multiline_caption_and_label_order(tmp_path):
 
 
 def test_read_msed_errors(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match=r"dev.csv: not found \(expected MSED layout"):
         read_msed(tmp_path, "dev")
     _write_csv(tmp_path / "train/train.csv",
                "Title,Caption,Sentiment,Emotion,Desire\n"
@@ -87,7 +87,8 @@ def test_read_msed_errors(tmp_path):
     assert "malformed row" in rec.skipped[2] and "row 4" in rec.skipped[2]
     assert "3 skipped" in rec.report()
     _write_csv(tmp_path / "x/x.csv", "Title,Text\n")
-    with pytest.raises(DataError, match="missing column"):
+    with pytest.raises(DataError, match=r"x.csv: missing columns 'Caption', 'Sentiment', 'Emotion', 'Desire'; "
+                                        r"the columns are: Title, Text"):
         read_msed(tmp_path, "x")
     with pytest.raises(DataError, match="unknown task"):
         read_msed(tmp_path, "train", tasks={"mood": ["a"]})
@@ -106,33 +107,48 @@ def test_read_posts_jsonl_and_csv(tmp_path):
     assert read_posts(tmp_path / "p.csv")[0].text == "a, b"
 
 
+GOOD = '{"image": "a.png", "text": "x", "sentiment": "neutral"}'
+
+
 @pytest.mark.parametrize("line, match", [
-    ('{"image": "nope.png", "text": "x", "sentiment": "neutral"}', "line 1: image .*nope.png not found"),
-    ('{"image": "a.png", "text": "x", "sentiment": "meh"}', "unknown sentiment label 'meh'; valid labels"),
-    ('{"image": "a.png", "text": "x"}', "no label for any of"),
-    ('{"image": "a.png"}', "missing 'text'"),
-    ('{"text": "x"}', "missing 'image'"),
-    ("[1, 2]", "malformed row"),
-    ("{oops", "malformed JSON"),
+    ('{"image": "nope.png", "text": "x", "sentiment": "neutral"}', r"p.jsonl:line 2: image .*nope.png not found"),
+    ('{"image": "a.png", "text": "x", "sentiment": "meh"}',
+     r"p.jsonl:line 2: unknown sentiment label 'meh'; valid labels: negative, neutral, positive"),
+    ('{"image": "a.png", "text": "x", "sentiment": 1}', r"p.jsonl:line 2: sentiment label must be a string, got 1"),
+    ('{"image": "a.png", "text": "x"}', r"p.jsonl:line 2: no label for any of sentiment, emotion, desire"),
+    ('{"image": "a.png", "sentiment": "neutral"}', r"p.jsonl:line 2: no text in column 'text'"),
+    ('{"image": "a.png", "text": 5, "sentiment": "neutral"}', r"p.jsonl:line 2: text must be a string, got int"),
+    ('{"text": "x", "sentiment": "neutral"}', r"p.jsonl:line 2: no image path in column 'image'"),
+    ("[1, 2]", r"p.jsonl:line 2: expected a JSON object, got list"),
+    ("{oops", r"p.jsonl:line 2: malformed JSON"),
 ])
 def test_read_posts_errors(tmp_path, line, match):
+    """Row errors read "{file}:line {k}: {problem}" (sdk.posts); the first object defines the columns, so
+    the broken row comes second."""
     _img(tmp_path / "a.png")
-    (tmp_path / "p.jsonl").write_text(line + "\n")
+    (tmp_path / "p.jsonl").write_text(GOOD + "\n" + line + "\n")
     with pytest.raises(DataError, match=match):
         read_posts(tmp_path / "p.jsonl")
-    (tmp_path / "q.jsonl").write_text(line + "\n" + '{"image": "a.png", "text": "x", "sentiment": "neutral"}\n')
-    rec = read_posts(tmp_path / "q.jsonl", skip_invalid=True)
-    assert len(rec) == 1 and len(rec.skipped) == 1
+    (tmp_path / "p.jsonl").write_text(GOOD + "\n" + line + "\n" + GOOD + "\n")
+    rec = read_posts(tmp_path / "p.jsonl", skip_invalid=True)
+    assert len(rec) == 2 and len(rec.skipped) == 1 and rec.skipped[0].startswith(f"{tmp_path / 'p.jsonl'}:line 2: ")
+
+
+def test_read_posts_columns_come_from_the_first_object(tmp_path):
+    _img(tmp_path / "a.png")
+    (tmp_path / "p.jsonl").write_text('{"text": "x"}\n' + GOOD + "\n")
+    with pytest.raises(DataError, match=r"p.jsonl: no image column \(looked for image, .*\); the columns are: text"):
+        read_posts(tmp_path / "p.jsonl", skip_invalid=True)  # a file error: skipping rows cannot help
 
 
 def test_read_posts_bad_file(tmp_path):
-    with pytest.raises(DataError, match="posts file not found"):
+    with pytest.raises(DataError, match="none.jsonl: posts file not found"):
         read_posts(tmp_path / "none.jsonl")
     (tmp_path / "p.txt").write_text("x")
-    with pytest.raises(DataError, match="unsupported posts file type"):
+    with pytest.raises(DataError, match=r"p.txt: unsupported posts file type '.txt'; use .jsonl, .ndjson, .json, .csv, .tsv"):
         read_posts(tmp_path / "p.txt")
-    (tmp_path / "e.jsonl").write_text('{"text": "x"}\n')
-    with pytest.raises(DataError, match="no usable rows"):
+    (tmp_path / "e.jsonl").write_text('{"image": "gone.png", "text": "x", "sentiment": "neutral"}\n')
+    with pytest.raises(DataError, match=r"e.jsonl: no usable rows \(1 skipped\)"):
         read_posts(tmp_path / "e.jsonl", skip_invalid=True)
 
 

@@ -140,6 +140,32 @@ def test_tampered_bundle_is_refused(fp32_bundle, work) -> None:
         load_bundle(copy)
 
 
+def test_manifest_is_written_once_after_the_analyzer_check(fp32_bundle, work, monkeypatch) -> None:
+    """sdk.Analyzer opens the staged bundle from the in-memory manifest (no manifest.json yet); the manifest,
+    with the Analyzer's figures, is then written once."""
+    import export.pipeline
+    import sdk.bundle
+
+    writes, staged = [], []
+    real_write, real_check = sdk.bundle.write_manifest, export.pipeline.check_with_analyzer
+
+    def write(folder, m):
+        writes.append(m["validation"].get("analyzer"))
+        return real_write(folder, m)
+
+    def check(bundle, *a, **k):
+        staged.append((bundle.path / "manifest.json").exists())
+        return real_check(bundle, *a, **k)
+
+    monkeypatch.setattr(sdk.bundle, "write_manifest", write)
+    monkeypatch.setattr(export.pipeline, "check_with_analyzer", check)
+    rep = export_checkpoints([work["ck"]], work["root"] / "once.sydes", _opts(work))
+    assert staged == [False] and len(writes) == 1 and writes[0]["backend"] == "onnxruntime"
+    on_disk = json.loads((rep.bundle / "manifest.json").read_text())
+    assert on_disk == rep.manifest and on_disk["validation"]["analyzer"] == writes[0]
+    assert on_disk["graphs"]["model"]["sha256"] == fp32_bundle.manifest["graphs"]["model"]["sha256"]
+
+
 def test_interrupted_export_leaves_nothing(fp32_bundle, work, monkeypatch) -> None:
     import sdk.bundle
 

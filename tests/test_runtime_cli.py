@@ -153,11 +153,12 @@ def test_analyze_bad_input_file(bundle: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "posts.txt"
     bad.write_text("x")
     assert main(["analyze", str(bundle), "--input", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 1
-    assert "must be .jsonl or .csv" in capsys.readouterr().err
+    assert "posts.txt: unsupported posts file type '.txt'; use .jsonl" in capsys.readouterr().err
     j = tmp_path / "p.jsonl"
     j.write_text('{"id": 1, "picture": "a.png", "text": "x"}\n')
     assert main(["analyze", str(bundle), "--input", str(j), "--output", str(tmp_path / "o.jsonl")]) == 1
-    assert "no image column" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "p.jsonl: no image column" in err and "the columns are: id, picture, text" in err
 
 
 def test_benchmark_quick(bundle: Path, tmp_path: Path, capsys) -> None:

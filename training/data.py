@@ -3,8 +3,10 @@
 MSED layout: `{root}/{split}/{split}.csv` (columns Title, Caption, Sentiment, Emotion, Desire, ...) and
 `{root}/{split}/images/K.jpg` for the K-th data row (1-based, header excluded). Only the Caption is used.
 
-Posts file (JSONL: one object per line; CSV: a header row) with fields `image` (a path, relative to the
-file's folder unless absolute), `text`, and any of `sentiment`, `emotion`, `desire` (label names).
+Posts file (JSONL: one object per line; CSV / TSV: a header row) with an image path column (`image`, ...;
+relative to the file's folder unless absolute), a text column (`text`, ...), and any of `sentiment`,
+`emotion`, `desire` (label names). Both layouts are read by `sdk.posts` (the one posts reader, shared with
+calibration and `sydes analyze`); this module maps its label strings to indices.
 
 Images are turned into pixels by `sdk.preprocess` and text into ids by `sdk.tokenizer`: the very code the
 runtime uses, so training and serving see identical inputs.
@@ -12,18 +14,17 @@ runtime uses, so training and serving see identical inputs.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from sdk.errors import DataError, SydesError
+from sdk.posts import MSED_PATTERN, MSED_TEXT, PostsPlan, iter_rows, msed_csv, plan_posts
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,6 @@ class Records:
         return msg
 
 
-def _label_index(task: str, value: Any, tasks: dict[str, Sequence[str]], where: str) -> int:
-    names = tasks[task]
-    if not isinstance(value, str):
-        raise DataError(f"{where}: {task} label must be a string, got {value!r}")
-    v = value.strip()
-    if v not in names:
-        raise DataError(f"{where}: unknown {task} label {value!r}; valid labels: {', '.join(names)}")
-    return list(names).index(v)
-
-
 def _finish(examples: list[Example], skipped: list[str], source: str, skip_invalid: bool) -> Records:
     rec = Records(examples, skipped, source)
     if skipped:
@@ -89,6 +80,26 @@ def _finish(examples: list[Example], skipped: list[str], source: str, skip_inval
     if not examples:
         raise DataError(f"{source}: no usable rows" + (f" ({len(skipped)} skipped)" if skip_invalid else ""))
     return rec
+
+
+def _records(plan: PostsPlan, tasks: dict[str, Sequence[str]], *, skip_invalid: bool, limit: int | None,
+             require_labels: bool | Literal["all"]) -> Records:
+    """Examples from sdk.posts' rows: label names -> indices (MISSING where a task is unlabelled)."""
+    examples: list[Example] = []
+    skipped: list[str] = []
+    for row in iter_rows(plan, tasks=tasks, check_images=True, require_text=True, require_labels=require_labels):
+        if limit is not None and len(examples) >= limit:
+            break
+        if row.error is not None:
+            if not skip_invalid:
+                raise row.error
+            skipped.append(str(row.error))
+            continue
+        assert row.image is not None and row.text is not None
+        labels = {t: list(names).index(row.labels[t]) if t in row.labels else MISSING
+                  for t, names in tasks.items()}
+        examples.append(Example(row.image, row.text, labels, row.where))
+    return _finish(examples, skipped, str(plan.path), skip_invalid)
 
 
 def read_msed(root: str | os.PathLike[str], split: str, *, tasks: dict[str, Sequence[str]] | None = None,
@@ -102,108 +113,33 @@ def read_msed(root: str | os.PathLike[str], split: str, *, tasks: dict[str, Sequ
     for t in tasks:
         if t not in MSED_COLUMNS:
             raise DataError(f"unknown task {t!r}; MSED tasks: {', '.join(MSED_COLUMNS)}")
-    folder = Path(root) / split
-    csv_path = folder / f"{split}.csv"
+    csv_path = Path(root) / split / f"{split}.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: not found (expected MSED layout {{root}}/{split}/{split}.csv)")
-    examples: list[Example] = []
-    skipped: list[str] = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        needed = ["Caption", *(MSED_COLUMNS[t] for t in tasks)]
-        missing_cols = [c for c in needed if c not in header]
-        if missing_cols:
-            raise DataError(f"{csv_path}: missing column(s) {', '.join(missing_cols)}; header is {header}")
-        for k, row in enumerate(reader, start=1):
-            if limit is not None and len(examples) >= limit:
-                break
-            where = f"{csv_path}:row {k}"
-            try:
-                if None in row or any(row.get(c) is None for c in needed):  # too many / too few fields
-                    raise DataError(f"{where}: malformed row (expected {len(header)} fields)")
-                image = folder / "images" / f"{k}.jpg"
-                if not image.is_file():
-                    raise DataError(f"{where}: image {image} not found")
-                labels = {t: _label_index(t, row[MSED_COLUMNS[t]], tasks, where) for t in tasks}
-                examples.append(Example(image, row["Caption"], labels, where))
-            except DataError as e:
-                if not skip_invalid:
-                    raise
-                skipped.append(str(e))
-    return _finish(examples, skipped, str(csv_path), skip_invalid)
-
-
-def _iter_posts(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, row) pairs; a row that is not an object is passed through for the caller to reject."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:line {i}"
-                try:
-                    yield where, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield where, DataError(f"{where}: malformed JSON ({e.msg})")
-    elif suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for k, row in enumerate(reader, start=1):
-                yield f"{path}:row {k}", row
-    else:
-        raise DataError(f"{path}: unsupported posts file type {suffix!r}; use .jsonl or .csv")
+    plan = plan_posts(csv_path, text_column=MSED_TEXT, image_pattern=MSED_PATTERN,
+                      require=[MSED_TEXT, *(MSED_COLUMNS[t] for t in tasks)])
+    return _records(plan, tasks, skip_invalid=skip_invalid, limit=limit, require_labels="all")
 
 
 def read_posts(path: str | os.PathLike[str], *, tasks: dict[str, Sequence[str]] | None = None,
                skip_invalid: bool = False, require_labels: bool = True,
                limit: int | None = None) -> Records:
-    """Read a JSONL / CSV posts file. Each row needs `image` and `text`; labels are optional per task,
-    but (with `require_labels`) a row must label at least one of `tasks`."""
+    """Read a JSONL / CSV / TSV posts file (or an MSED split folder) through `sdk.posts`: each row needs
+    an image path and a text; labels are optional per task, but (with `require_labels`) a row must label
+    at least one of `tasks`."""
     tasks = dict(MSED_TASKS if tasks is None else tasks)
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: posts file not found")
-    examples: list[Example] = []
-    skipped: list[str] = []
-    for where, row in _iter_posts(path):
-        if limit is not None and len(examples) >= limit:
-            break
-        try:
-            if isinstance(row, DataError):
-                raise row
-            if not isinstance(row, dict) or None in row:
-                raise DataError(f"{where}: malformed row (expected an object / the header's fields)")
-            img, text = row.get("image"), row.get("text")
-            if not isinstance(img, str) or not img.strip():
-                raise DataError(f"{where}: missing 'image' (a path relative to {path.parent})")
-            if not isinstance(text, str):
-                raise DataError(f"{where}: missing 'text'")
-            image = Path(img) if os.path.isabs(img) else path.parent / img
-            if not image.is_file():
-                raise DataError(f"{where}: image {image} not found")
-            labels = {}
-            for t in tasks:
-                v = row.get(t)
-                labels[t] = MISSING if v is None or v == "" else _label_index(t, v, tasks, where)
-            if require_labels and all(v == MISSING for v in labels.values()):
-                raise DataError(f"{where}: no label for any of {', '.join(tasks)}")
-            examples.append(Example(image, text, labels, where))
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            skipped.append(str(e))
-    return _finish(examples, skipped, str(path), skip_invalid)
+    return _records(plan_posts(path), tasks, skip_invalid=skip_invalid, limit=limit,
+                    require_labels=require_labels)
 
 
 def read_any(spec: str | os.PathLike[str], split: str | None = None, **kw) -> Records:
-    """An MSED root (with `split`) or a posts file."""
+    """An MSED root (with `split`), an MSED split folder, or a posts file."""
     p = Path(spec)
     if p.is_dir():
-        if split is None:
-            raise DataError(f"{p}: an MSED folder needs a split name (train / dev / test)")
-        return read_msed(p, split, **kw)
+        csv_path = msed_csv(p, split)
+        if csv_path is None:
+            raise DataError(f"{p}: not an MSED folder (expected {{split}}/{{split}}.csv + {{split}}/images/)")
+        return read_msed(csv_path.parent.parent, csv_path.parent.name, **kw)
     return read_posts(p, **kw)
 
 

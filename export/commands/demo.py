@@ -80,13 +80,11 @@ def run(args: argparse.Namespace) -> int:
     print("      validation against torch: " + json.dumps(val, default=str)[:400])
 
     # 4. analyse ------------------------------------------------------------------------------------
-    import csv
-
     from sdk import Analyzer
+    from sdk.posts import iter_rows, plan_posts
 
-    with open(data / "dev" / "dev.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    posts = [(data / "dev" / "images" / f"{k}.jpg", r["Caption"]) for k, r in enumerate(rows, start=1)]
+    rows = [r.check() for r in iter_rows(plan_posts(data / "dev"), check_images=True, require_labels="all")]
+    posts = [(r.image, r.text) for r in rows]
     with Analyzer(bundle) as analyzer:
         print(f"[4/4] Analyzer on {analyzer.info.backend} ({', '.join(analyzer.info.providers or [])}), "
               f"precision {analyzer.info.precision}, decoding {analyzer.info.decoding}")
@@ -95,12 +93,11 @@ def run(args: argparse.Namespace) -> int:
         dt = time.perf_counter() - t0
         for (path, text), row, res in list(zip(posts, rows, results, strict=True))[: args.show]:
             got = {t: r.label for t, r in res.tasks.items()} if res.ok else {"error": res.error}
-            print(f"  {path.name:>7}  {text[:60]!r}\n           predicted {got}\n           truth     "
-                  f"{{'sentiment': {row['Sentiment']!r}, 'emotion': {row['Emotion']!r}, 'desire': {row['Desire']!r}}}")
+            print(f"  {path.name:>7}  {text[:60]!r}\n           predicted {got}\n           truth     {row.labels}")
         correct = {t: 0 for t in ("sentiment", "emotion", "desire")}
         for row, res in zip(rows, results, strict=True):
             for t in correct:
-                correct[t] += bool(res.ok and res.tasks[t].label == row[t.capitalize()])
+                correct[t] += bool(res.ok and res.tasks[t].label == row.labels[t])
         acc = ", ".join(f"{t} {100 * c / len(rows):.1f}%" for t, c in correct.items())
         print(f"\n  dev accuracy through the bundle: {acc}")
         print(f"  speed: {len(posts)} posts in {dt:.2f} s = {1000 * dt / len(posts):.1f} ms/post "

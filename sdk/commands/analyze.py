@@ -1,7 +1,8 @@
 """`sydes analyze`: one post (`BUNDLE IMAGE TEXT` -> JSON) or a file of posts (`--input` -> `--output`).
 
-File mode reads posts.jsonl or posts.csv and writes one JSON line per post, in input order, flushed as it
-finishes (`sdk.results.result_record`: row, id, ok, tasks, error, error_type); failed rows are written with
+File mode reads posts.jsonl / .csv / .tsv or an MSED split folder (through `sdk.posts`, the one posts
+reader) and writes one JSON line per post, in input order, flushed as it finishes
+(`sdk.results.result_record`: row, id, ok, tasks, error, error_type); failed rows are written with
 their reason. It resumes: the output's finished rows are a prefix of the input's, so a re-run counts them
 (memory flat in rows: `sdk.commands.analyze_output`), cuts off a torn last line and goes on. A run that
 ends writes a completion marker (OUTPUT.done). `--num-shards N --shard-index I` runs one of N shards
@@ -12,23 +13,20 @@ ends writes a completion marker (OUTPUT.done). `--num-shards N --shard-index I` 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdk.commands.analyze_output import Shard, fsync_file, marker_path, read_marker, scan_output, write_marker
 from sdk.errors import ConfigError, DataError
+from sdk.posts import IMAGE_COLUMNS, TEXT_COLUMNS, PostsPlan, iter_rows, plan_posts
 from sdk.results import record_line, result_record
 
 log = logging.getLogger("sdk.commands.analyze")
-IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename")
-TEXT_COLUMNS = ("text", "caption", "Caption")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="the NAME.sydes/ folder")
     parser.add_argument("image", nargs="?", help="an image file (single-post mode)")
     parser.add_argument("text", nargs="?", help="the post's text (single-post mode)")
-    parser.add_argument("--input", type=Path, help="posts.jsonl or posts.csv (file mode)")
+    parser.add_argument("--input", type=Path, help="posts.jsonl, posts.csv / .tsv, or an MSED split folder "
+                        "or its CSV (file mode)")
     parser.add_argument("--output", type=Path, help="results, one JSON line per post (file mode; resumable)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
@@ -62,95 +61,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_ray_arguments(parser)
 
 
-# --- input rows ---------------------------------------------------------------------------------------
-def read_rows(path: Path) -> Iterator[dict[str, Any] | DataError]:
-    """Rows of a .jsonl / .csv file as dicts; an unreadable row comes as a DataError (kept in place)."""
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8") as f:
-            n = 0
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                n += 1
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield DataError(f"{path.name} line {lineno} is not valid JSON: {e}")
-                    continue
-                yield row if isinstance(row, dict) else DataError(f"{path.name} line {lineno} is not a JSON object")
-    elif suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            yield from csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-    else:
-        raise DataError(f"input file {path} must be .jsonl or .csv, got '{suffix}'")
-
-
-def _pick(columns: list[str], explicit: str | None, defaults: tuple[str, ...], what: str) -> str | None:
-    if explicit:
-        if columns and explicit not in columns:
-            raise DataError(f"{what} column {explicit!r} is not in the input (columns: {', '.join(columns)})")
-        return explicit
-    return next((c for c in defaults if c in columns), None)
-
-
-# --- the input plan and its items (shared by both engines) --------------------------------------------
-@dataclass(frozen=True)
-class InputPlan:
-    """Which columns of `path` hold the id, text and image path, and where relative image paths start."""
-
-    path: Path
-    id_col: str | None
-    text_col: str | None
-    image_col: str | None
-    image_pattern: str | None
-    root: Path
+# --- the input plan and its items (shared by both engines; the reading itself is sdk.posts) ------------
+InputPlan = PostsPlan  # which columns hold the id, text and image path, and where relative paths start
 
 
 def plan_input(args: argparse.Namespace) -> InputPlan:
-    first = next((r for r in read_rows(args.input) if isinstance(r, dict)), None)
-    columns = list(first) if first else []
-    id_col = _pick(columns, args.id_column, ("id",), "id")
-    text_col = _pick(columns, args.text_column, TEXT_COLUMNS, "text")
-    image_col = None if args.image_pattern else _pick(columns, args.image_column, IMAGE_COLUMNS, "image")
-    if first is not None and text_col is None:
-        raise DataError(f"no text column in {args.input} (columns: {', '.join(columns)}); pass --text-column")
-    if first is not None and image_col is None and not args.image_pattern:
-        raise DataError(f"no image column in {args.input} (columns: {', '.join(columns)}); "
-                        "pass --image-column or --image-pattern")
-    return InputPlan(args.input, id_col, text_col, image_col, args.image_pattern, args.image_root or args.input.parent)
+    """--input (a posts file, an MSED split folder or its CSV) and the column flags -> the plan."""
+    return plan_posts(args.input, image_column=args.image_column, text_column=args.text_column,
+                      id_column=args.id_column, image_pattern=args.image_pattern, image_root=args.image_root)
 
 
 def iter_items(plan: InputPlan, shard: Shard) -> Iterator[tuple[dict[str, Any], Any]]:
     """(key, item) for each of the shard's rows, in input order: key = {"row": n[, "id": ...]}, item =
     (image path, text) or the DataError that row raised (it keeps its place and is written as failed)."""
     # n counts data rows from 1 (header excluded), as MSED names its images: row K <-> images/K.jpg
-    for n, row in enumerate(read_rows(plan.path), start=1):
-        if not shard.owns(n):
+    for row in iter_rows(plan, tasks=()):
+        if not shard.owns(row.n):
             continue
-        key: dict[str, Any] = {"row": n}
-        if isinstance(row, DataError):
-            if plan.id_col:
-                key["id"] = f"row-{n}"
-            yield key, row
-            continue
+        key: dict[str, Any] = {"row": row.n}
         if plan.id_col:
-            key["id"] = row.get(plan.id_col)
-        try:
-            text = row.get(plan.text_col) if plan.text_col else None
-            if plan.image_pattern:
-                rel = plan.image_pattern.format(row=n, id=key.get("id"), **{k: v for k, v in row.items()
-                                                                           if isinstance(k, str)})
-            else:
-                rel = row.get(plan.image_col)
-            if not isinstance(rel, str) or not rel:
-                raise DataError(f"row {n} has no image path in column {plan.image_col!r}")
-            path = Path(rel)
-            yield key, (path if path.is_absolute() else plan.root / path, text)
-        except (DataError, KeyError, IndexError, ValueError) as e:
-            yield key, e if isinstance(e, DataError) else DataError(f"row {n}: bad --image-pattern: {e}")
+            key["id"] = f"row-{row.n}" if row.id is None and row.error is not None else row.id
+        yield key, (row.error if row.error is not None else (row.image, row.text))
 
 
 def _resume_items(plan: InputPlan, shard: Shard, done: int, last: dict[str, Any] | None,
