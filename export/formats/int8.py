@@ -52,8 +52,7 @@ def scheme(target: str) -> dict[str, Any]:
                 "activation_symmetric": False, "per_channel": True, "matmul_const_b_only": True,
                 "float_matmul_outputs": True, "fuse_first": True}
     return {"mode": "static", "activation_type": "QUInt8", "weight_type": "QInt8", "activation_symmetric": False,
-            "per_channel": True, "matmul_const_b_only": True, "float_matmul_outputs": True, "fuse_first": True,
-            "attention": "fused"}
+            "per_channel": True, "matmul_const_b_only": True, "float_matmul_outputs": True, "fuse_first": True}
 
 
 @contextlib.contextmanager
@@ -110,12 +109,6 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
         raise ExportError("INT8 export needs calibration data (--calib DATA)")
     sch = {**scheme(ctx.target), **{k: v for k, v in ctx.options.items() if k in scheme("cpu")}}
     src, fusions = _fuse(ctx) if sch["fuse_first"] else (ctx.src, {})
-    if sch.get("attention") == "matmul":  # written out as MatMuls, so that the quantiser reaches them
-        from export.attention import decompose_attention
-
-        written = ctx.work_dir / "int8_attention.onnx"
-        fusions = {**fusions, **decompose_attention(src, written)}
-        src = written
     pre = ctx.work_dir / "int8_pre.onnx"
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
