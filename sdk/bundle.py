@@ -218,10 +218,12 @@ def validate_manifest(d: Any) -> Manifest:
     trim = tok.get("trim_padding", False)
     if not isinstance(trim, bool):
         raise BundleError("manifest field 'tokenizer.trim_padding' must be true or false")
+    if not isinstance(tok.get("text_separator", " "), str):
+        raise BundleError("manifest field 'tokenizer.text_separator' must be a string")
     try:
         text = TextFields.from_dict(tok)
     except ConfigError as e:
-        raise BundleError(f"manifest field 'tokenizer.text_fields' / 'tokenizer.text_separator': {e}") from None
+        raise BundleError(f"manifest field 'tokenizer.text_fields': {e}") from None
     known = ("file", "sha256", "kind", "max_length", "trim_padding", "text_fields", "text_separator")
     tokenizer = TokenizerSpec(
         file=_relfile(_need(tok, "file", "tokenizer", str), "tokenizer.file"), sha256=_sha(tok, "tokenizer"),
