@@ -338,3 +338,15 @@ def test_analyze_msed_csv_unchanged_command(tc_bundle: Path, tmp_path: Path) -> 
             assert np.abs(probs(r["tasks"]) - joined).max() < 1e-3, f"row {k} was not read as Title + Caption"
             if TITLES[k - 1]:
                 assert np.abs(probs(r["tasks"]) - caption).max() > 1e-3
+
+
+def test_export_calibrates_on_the_checkpoints_text(tmp_path: Path) -> None:
+    """export's --calib DATA: the calibration and held-out posts read the checkpoint's text fields."""
+    from export.pipeline import ExportOptions, _calibration_posts
+
+    _msed(tmp_path, "train")
+    _msed(tmp_path, "dev")
+    calib = _calibration_posts(ExportOptions(calib=str(tmp_path), calib_samples=N, eval_samples=N), TASKS, TC)
+    assert sorted(p.text for p in calib.posts) == sorted(JOINED) == sorted(p.text for p in calib.held)
+    calib = _calibration_posts(ExportOptions(calib=str(tmp_path), calib_samples=N, eval_samples=0), TASKS)
+    assert sorted(p.text for p in calib.posts) == sorted(CAPTIONS)
