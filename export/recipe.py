@@ -94,11 +94,11 @@ class RecipeOptions:
         for name in ("epochs", "baseline_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        self.text_recipe()
+        self.text_fields = self.text_recipe().fields  # "Title,Caption" or a list -> a tuple of names
         return self
 
     def text_recipe(self) -> TextFields:
-        return TextFields(tuple(self.text_fields), self.text_separator)
+        return TextFields(TextFields.of(self.text_fields).fields, self.text_separator)
 
 
 def stratified_split(rows: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -163,6 +163,7 @@ def test_recipe_records_the_text_fields(tmp_path: Path, monkeypatch) -> None:
         Recipe(data, old, RecipeOptions(text_fields=("Title", "Caption")))
     with pytest.raises(ConfigError, match="text field 'Title' is named twice"):
         RecipeOptions(text_fields=("Title", "Title")).validate()
+    assert RecipeOptions(text_fields="Title, Caption").validate().text_fields == ("Title", "Caption")
 
 
 def test_recipe_command_passes_the_text_fields(tmp_path: Path, monkeypatch) -> None:

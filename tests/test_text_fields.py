@@ -161,7 +161,7 @@ def test_plan_posts_files(tmp_path: Path) -> None:
 
 
 # --- training, calibration, sydes eval -----------------------------------------------------------------------
-def test_training_and_calibration_read_the_fields(tmp_path: Path) -> None:
+def test_training_and_calibration_read_the_fields(tmp_path: Path, caplog) -> None:
     from calibration.data import load_items
     from training.data import read_any, read_msed, read_posts
     from training.runner import read_split
@@ -183,7 +183,9 @@ def test_training_and_calibration_read_the_fields(tmp_path: Path) -> None:
     assert [p.text for p in load_items(path, text_fields=TC)] == JOINED
     (tmp_path / "b").mkdir()
     plain = _posts_csv(tmp_path / "b", ("image", "text", "sentiment"))
-    assert read_posts(plain, text_fields=TC)[0].text == "own text 1"  # its text column, as sydes analyze
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        assert read_posts(plain, text_fields=TC)[0].text == "own text 1"  # its text column, as sydes analyze
+    assert "posts.csv has not all of Title, Caption: reading the text from its column 'text'" in caplog.text
     with pytest.raises(DataError, match=r"posts.csv: missing columns 'Title', 'Caption'"):
         read_posts(plain, text_fields=TC, strict_text=True)  # training: a recipe other than the Caption's
 

@@ -134,6 +134,10 @@ def read_posts(path: str | os.PathLike[str], *, tasks: dict[str, Sequence[str]] 
     column (as `sydes analyze` reads it); `strict_text`: the file must have them."""
     tasks = dict(MSED_TASKS if tasks is None else tasks)
     plan = plan_posts(path, text_fields=text_fields, require=text_fields.fields if text_fields and strict_text else ())
+    if text_fields not in (None, DEFAULT_TEXT_FIELDS) and plan.text_fields is None and plan.text_col not in (
+            None, *text_fields.fields):
+        log.warning("%s has not all of %s: reading the text from its column %r", plan.path,
+                    ", ".join(text_fields.fields), plan.text_col)
     return _records(plan, tasks, skip_invalid=skip_invalid, limit=limit, require_labels=require_labels)
 
 
