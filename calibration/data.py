@@ -2,9 +2,11 @@
 
 Layouts understood by `load_items(source)`:
 - MSED: a folder holding `{split}/{split}.csv` + `{split}/images/K.jpg` (row K, 1-based <-> K.jpg),
-  text = the Caption column, labels = Sentiment / Emotion / Desire; or the split folder itself.
-- A posts file (JSONL / CSV / TSV): an image path column (`image`, ...; relative to the file) and a text
-  column (`text`, ...); a column named like a task (`sentiment`, ...) or a `labels` object gives labels.
+  text = the model's text fields (default: the Caption column), labels = Sentiment / Emotion / Desire; or
+  the split folder itself.
+- A posts file (JSONL / CSV / TSV): an image path column (`image`, ...; relative to the file) and the text
+  fields' columns, else a text column (`text`, ...); a column named like a task (`sentiment`, ...) or a
+  `labels` object gives labels.
 - A folder of images: the text of `x.jpg` comes from `x.txt` beside it when present, else "".
 MSED and posts files are read by `sdk.posts` (the one posts reader: columns, row numbers, errors); only
 the paths are read here, images are decoded later by the reader with sdk.preprocess, exactly as the
@@ -24,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from sdk.errors import DataError
-from sdk.posts import MSED_PATTERN, MSED_TEXT, TASK_NAMES, PostsPlan, iter_rows, msed_csv, plan_posts
+from sdk.posts import MSED_PATTERN, TASK_NAMES, PostsPlan, iter_rows, msed_csv, plan_posts
+from sdk.text_fields import DEFAULT_TEXT_FIELDS, TextFields
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -78,18 +81,21 @@ def _posts(plan: PostsPlan) -> list[Post]:
     return posts
 
 
-def load_msed(split_dir: Path) -> list[Post]:
-    """Rows of an MSED split folder (`dev/` holding dev.csv and images/)."""
+def load_msed(split_dir: Path, text_fields: TextFields | None = None) -> list[Post]:
+    """Rows of an MSED split folder (`dev/` holding dev.csv and images/); the text from `text_fields`
+    (default: the Caption), whose columns the CSV must have."""
     split_dir = Path(split_dir)
     csv_path = split_dir / f"{split_dir.name}.csv"
     if not csv_path.is_file():
         raise DataError(f"{split_dir}: not an MSED split folder ({csv_path.name} is missing)")
-    return _posts(plan_posts(csv_path, text_column=MSED_TEXT, image_pattern=MSED_PATTERN))
+    fields = text_fields or DEFAULT_TEXT_FIELDS
+    return _posts(plan_posts(csv_path, text_fields=fields, image_pattern=MSED_PATTERN, require=fields.fields))
 
 
-def load_posts_file(path: Path) -> list[Post]:
-    """A JSONL / CSV / TSV file of posts (image paths relative to the file's folder)."""
-    return _posts(plan_posts(path))
+def load_posts_file(path: Path, text_fields: TextFields | None = None) -> list[Post]:
+    """A JSONL / CSV / TSV file of posts (image paths relative to the file's folder); the text from
+    `text_fields` where the file has their columns, else its text column (as `sydes analyze` reads it)."""
+    return _posts(plan_posts(path, text_fields=text_fields))
 
 
 def load_image_folder(path: Path) -> list[Post]:
@@ -104,15 +110,17 @@ def load_image_folder(path: Path) -> list[Post]:
     return posts
 
 
-def load_items(source: str | os.PathLike[str], split: str = "train") -> list[Post]:
-    """Posts from an MSED root / split folder, a posts file, or a folder of images (see module doc)."""
+def load_items(source: str | os.PathLike[str], split: str = "train",
+               text_fields: TextFields | None = None) -> list[Post]:
+    """Posts from an MSED root / split folder, a posts file, or a folder of images (see module doc); the
+    text built from `text_fields` (the model's: its checkpoint's `config.tokenizer.text_recipe()`)."""
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: calibration data not found")
     if path.is_dir():
         csv_path = msed_csv(path, split)
-        return load_image_folder(path) if csv_path is None else load_msed(csv_path.parent)
-    return load_posts_file(path)
+        return load_image_folder(path) if csv_path is None else load_msed(csv_path.parent, text_fields)
+    return load_posts_file(path, text_fields)
 
 
 _GEN_WORDS = ("a", "photo", "of", "happy", "sad", "dog", "family", "beach", "angry", "man", "crowd",

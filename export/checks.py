@@ -74,7 +74,8 @@ def check_models(models: Sequence[Any], tokenizer_file: str | Path | None) -> Pa
     cfg0 = models[0].config
     for m in models[1:]:
         if m.config.preprocess != cfg0.preprocess or m.config.tokenizer != cfg0.tokenizer:
-            raise ExportError("checkpoints exported together must share preprocessing and tokenizer settings")
+            raise ExportError("checkpoints exported together must share preprocessing and tokenizer settings "
+                              "(kind, max length, text fields)")
     if tokenizer_file is None or not Path(tokenizer_file).is_file():
         raise ExportError(f"tokenizer file {tokenizer_file} not found (a checkpoint holds tokenizer.json)")
     return Path(tokenizer_file)

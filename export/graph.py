@@ -90,6 +90,13 @@ def shared_encoder_mismatch(models: Sequence[nn.Module], names: Sequence[str]) -
 EXPORT_CODE_VERSION = 1  # bump when ExportGraph / export_onnx change what they produce
 
 
+def _graph_config(config: Any) -> dict[str, Any]:
+    """The config as the graph sees it: the text fields (which columns make the text) do not change it."""
+    d = config.to_dict()
+    d["tokenizer"] = {k: v for k, v in d["tokenizer"].items() if k not in ("text_fields", "text_separator")}
+    return d
+
+
 def graph_fingerprint(graph: ExportGraph, opset: int, max_length: int) -> str:
     """sha256 over everything the raw ONNX graph depends on: configs, weights, opset, tool versions."""
     import hashlib
@@ -99,7 +106,7 @@ def graph_fingerprint(graph: ExportGraph, opset: int, max_length: int) -> str:
 
     h = hashlib.sha256(json.dumps({
         "v": EXPORT_CODE_VERSION, "opset": opset, "max_length": max_length, "torch": torch.__version__,
-        "onnxscript": onnxscript.__version__, "configs": [m.config.to_dict() for m in graph.models],
+        "onnxscript": onnxscript.__version__, "configs": [_graph_config(m.config) for m in graph.models],
     }, sort_keys=True, default=str).encode())
     for m in graph.models:
         for k, v in sorted(m.state_dict().items()):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.atomic import atomic_write_text
+from sdk.text_fields import TextFields
 
 
 def _verification(m: dict[str, Any]) -> list[str]:
@@ -37,7 +38,9 @@ def write_bundle_card(folder: Path, manifest: dict[str, Any], checkpoints: list[
              "## Graph", "", f"- `{g['file']}`" + (f" + `{g['weights']['file']}`" if "weights" in g else "")
              + f", target {prov.get('target')}, opset {prov.get('opset')}, sha256 {g['sha256'][:16]}...",
              "- inputs: " + ", ".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in g["inputs"]),
-             "- the mixed-scale tiler (global view + 2x2 high-res tiles) runs inside the graph from uint8 pixels"]
+             "- the mixed-scale tiler (global view + 2x2 high-res tiles) runs inside the graph from uint8 pixels",
+             f"- text: {TextFields.from_dict(m['tokenizer']).describe()} of a post; `sydes analyze --input FILE` "
+             "builds it so where the file has those columns, `Analyzer.analyze(image, text)` takes the text as given"]
     if m.get("label_structure"):
         ls = m["label_structure"]
         lines.append(f"- answers decoded jointly ({ls.get('decoding', 'joint')}) over {len(ls['combinations'])} "

@@ -148,8 +148,9 @@ class _Calibration:
     desc: str | None = None                         # description of the data
 
 
-def _calibration_posts(opts: ExportOptions, tasks: dict[str, list[str]]) -> _Calibration:
-    """The calibration and held-out posts of `opts.calib` (none without it)."""
+def _calibration_posts(opts: ExportOptions, tasks: dict[str, list[str]], text_fields: Any = None) -> _Calibration:
+    """The calibration and held-out posts of `opts.calib` (none without it), their text built from the
+    checkpoint's `text_fields` (sdk.text_fields.TextFields) as `sydes analyze` builds it."""
     if not opts.calib:
         return _Calibration()
     from calibration.data import generated_posts, load_items
@@ -159,13 +160,13 @@ def _calibration_posts(opts: ExportOptions, tasks: dict[str, list[str]]) -> _Cal
         posts = generated_posts(opts.calib_samples + opts.eval_samples, seed=opts.calib_seed, tasks=tasks)
         return _Calibration(posts[:opts.calib_samples], posts[opts.calib_samples:], "generated")
     src = Path(str(opts.calib))
-    pool = load_items(src, split=opts.calib_split)
+    pool = load_items(src, split=opts.calib_split, text_fields=text_fields)
     calib = select_samples(pool, opts.calib_samples, seed=opts.calib_seed)
     held: list[Any] = []
     if opts.eval_samples > 0:
         # a labelled held-out slice: MSED's dev split when calibrating on train, else the unused rows
         if src.is_dir() and opts.calib_split != "dev" and (src / "dev" / "dev.csv").is_file():
-            rest = load_items(src, split="dev")
+            rest = load_items(src, split="dev", text_fields=text_fields)
         else:
             chosen = {id(p) for p in calib}
             rest = [p for p in pool if id(p) not in chosen]
@@ -284,7 +285,8 @@ def _manifest(job: _Job, name: str, models: Sequence[Any], checkpoints: Sequence
         "passed": max(final_cmp["max_abs_diff"].values()) <= opts.tolerance if opts.precision == "fp32" else None,
     }
     return bundle_manifest(name=name, labels=graph.labels, precision=opts.precision, inputs=inputs, outputs=outputs,
-                           tokenizer={"kind": tok.kind, "max_length": int(tok.max_length), "trim_padding": True},
+                           tokenizer={"kind": tok.kind, "max_length": int(tok.max_length), "trim_padding": True,
+                                      **tok.text_recipe().to_dict()},
                            preprocess=job.pcfg.to_dict(), provenance=provenance, validation=validation,
                            calibration_report=calib_report, label_structure=label_structure(models, graph.labels))
 
@@ -322,7 +324,7 @@ def _export(models: Sequence[Any], output: Path, opts: ExportOptions, tokenizer_
                 check_branches(graph, job.feeds, ref)
         raw, graph_hit = _export_raw(job, ref)
         opt, opt_info, opt_cmp = _optimise(job, raw, ref)
-        calib = _calibration_posts(opts, graph.labels)
+        calib = _calibration_posts(opts, graph.labels, cfg0.tokenizer.text_recipe())
         final, info = _convert(job, opt, calib)
         with sw("verify"):
             final_cmp = compare(ref, onnx_probs(final, job.feeds, graph.tasks))

@@ -15,6 +15,9 @@ that was interrupted continues from its own `last/` checkpoint):
               structure and a model card
     int8      RUN/int8.sydes exported from RUN/best and scored on dev through sdk.Analyzer
     report    RUN/report.json and RUN/report.md (every figure on dev, the split nothing was selected on)
+
+Every model reads the text `RecipeOptions.text_fields` / `text_separator` build (default: the Caption), and
+records it in its checkpoint (config.json's tokenizer section), so the bundle and `sydes analyze` read it so.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 
 from sdk.atomic import atomic_write_text
 from sdk.errors import ConfigError
+from sdk.text_fields import TextFields
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,9 @@ class RecipeOptions:
     device: str = "auto"
     progress: bool = True
     limit: int | None = None  # rows per split (smoke runs)
+    # the columns the text is built from (sdk.text_fields.TextFields), for the baseline and the model alike
+    text_fields: tuple[str, ...] = ("Caption",)
+    text_separator: str = " "
     model_lrs: dict[str, float] = field(default_factory=lambda: dict(MODEL_LRS))
     baseline_lrs: dict[str, float] = field(default_factory=lambda: dict(BASELINE_LRS))
 
@@ -87,7 +94,11 @@ class RecipeOptions:
         for name in ("epochs", "baseline_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.text_fields = self.text_recipe().fields  # "Title,Caption" or a list -> a tuple of names
         return self
+
+    def text_recipe(self) -> TextFields:
+        return TextFields(TextFields.of(self.text_fields).fields, self.text_separator)
 
 
 def stratified_split(rows: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -125,7 +136,8 @@ class Recipe:
         mine = {"data": self.data, **json.loads(json.dumps(dataclasses.asdict(self.opts)))}
         mine.pop("progress")
         if f.is_file():
-            theirs = json.loads(f.read_text())
+            # a run from before the text fields read the Caption alone
+            theirs = {**TextFields().to_dict(), **json.loads(f.read_text())}
             theirs.pop("progress", None)
             # ablations and the INT8 check add stages; they change nothing that is already done
             additive = ("int8", "ablations", "variants")
@@ -163,9 +175,9 @@ class Recipe:
         from training.data import Records
         from training.runner import read_split
 
-        tasks = self._tasks()
-        train = read_split(self.data, "train", None, tasks=tasks, limit=self.opts.limit)
-        dev = read_split(self.data, "dev", None, tasks=tasks, limit=self.opts.limit)
+        tasks, fields = self._tasks(), self.opts.text_recipe()
+        train = read_split(self.data, "train", None, tasks=tasks, text_fields=fields, limit=self.opts.limit)
+        dev = read_split(self.data, "dev", None, tasks=tasks, text_fields=fields, limit=self.opts.limit)
         split = self._done("data")
         if split is None:
             return train, None, dev
@@ -219,6 +231,7 @@ class Recipe:
                 base = load_model(self.out / "baseline" / "best")
                 model.text_encoder.load_state_dict(base.text_encoder.state_dict())
         model.config.label_structure = self._structure()
+        model.config.tokenizer.set_text_recipe(self.opts.text_recipe())  # recorded in every checkpoint
         return model, load_tokenizer(model.config)
 
     def _cache_dir(self) -> str:
@@ -242,6 +255,7 @@ class Recipe:
 
     def _train(self, name: str, family: str, ablation: str | None = None, variant: str | None = None
                ) -> dict[str, Any]:
+        from training.recipe_report import model_cost
         from training.trainer import Trainer, TrainOptions
 
         fit, select, dev = self._records()
@@ -370,25 +384,6 @@ class Recipe:
             int8 = self._stage("int8", self._int8)
         stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted(self.stages.glob("*.json"), key=lambda p: p.stat().st_mtime)}
         return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages)
-
-
-def model_cost(model: Any) -> dict[str, float]:
-    """Parameters (M) and inference GFLOP per post (torch.utils.flop_counter, one post, 48 tokens)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    m = model.eval()
-    ids = torch.ones(1, 48, dtype=torch.int64)
-    mask = torch.ones(1, 48, dtype=torch.int64)
-    kw: dict[str, Any] = {}
-    if getattr(m, "uses_images", True):
-        s = m.config.image_size
-        kw = {"global_pixels": torch.zeros(1, s, s, 3, dtype=torch.uint8),
-              "canvas_pixels": torch.zeros(1, 2 * s, 2 * s, 3, dtype=torch.uint8)}
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        m(ids, mask, **kw)
-    return {"params_m": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
-            "gflop_per_post": round(fc.get_total_flops() / 1e9, 2)}
 
 
 def _blank(records: Any) -> Any:

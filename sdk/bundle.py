@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sdk.atomic import atomic_write_text
 from sdk.errors import BundleError, BundleIntegrityError, ConfigError
 from sdk.hashing import cached_sha256, clear_verify_cache, file_record, sha256_file  # noqa: F401  (re-exported)
+from sdk.text_fields import TextFields
 
 if TYPE_CHECKING:  # pragma: no cover
     from sdk.engine_records import EngineRecord
@@ -68,6 +69,9 @@ class TokenizerSpec:
     max_length: int
     trim_padding: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # the text the model reads (sdk.text_fields.TextFields); manifests without them: the Caption, " "
+    text_fields: tuple[str, ...] = ("Caption",)
+    text_separator: str = " "
 
 
 @dataclass(frozen=True)
@@ -214,10 +218,17 @@ def validate_manifest(d: Any) -> Manifest:
     trim = tok.get("trim_padding", False)
     if not isinstance(trim, bool):
         raise BundleError("manifest field 'tokenizer.trim_padding' must be true or false")
+    if not isinstance(tok.get("text_separator", " "), str):
+        raise BundleError("manifest field 'tokenizer.text_separator' must be a string")
+    try:
+        text = TextFields.from_dict(tok)
+    except ConfigError as e:
+        raise BundleError(f"manifest field 'tokenizer.text_fields': {e}") from None
+    known = ("file", "sha256", "kind", "max_length", "trim_padding", "text_fields", "text_separator")
     tokenizer = TokenizerSpec(
         file=_relfile(_need(tok, "file", "tokenizer", str), "tokenizer.file"), sha256=_sha(tok, "tokenizer"),
-        kind=kind, max_length=max_length, trim_padding=trim,
-        extra={k: v for k, v in tok.items() if k not in ("file", "sha256", "kind", "max_length", "trim_padding")},
+        kind=kind, max_length=max_length, trim_padding=trim, extra={k: v for k, v in tok.items() if k not in known},
+        text_fields=text.fields, text_separator=text.separator,
     )
     preprocess = _need(d, "preprocess", "", dict)
     engines = d.get("engines", "engines/")
@@ -312,6 +323,12 @@ class Bundle:
     @property
     def tokenizer_path(self) -> Path:
         return self.path / self.manifest.tokenizer.file
+
+    @property
+    def text_fields(self) -> TextFields:
+        """The columns the model's text is built from (`sydes analyze --input` builds it so)."""
+        tok = self.manifest.tokenizer
+        return TextFields(tok.text_fields, tok.text_separator)
 
     @property
     def engines_dir(self) -> Path:

@@ -8,6 +8,10 @@ Layouts:
   CSV: text = the Caption column, image = `images/{row}.jpg` (data row K, counted from 1 <-> K.jpg),
   labels = the Sentiment / Emotion / Desire columns.
 
+The text a model reads is a `sdk.text_fields.TextFields` recipe (the reference's: the Caption alone; e.g.
+Title + Caption joined by " "), recorded in checkpoints and bundles; `plan_posts(..., text_fields=)` builds
+each row's text with it where the file has all its columns, and an explicit text column overrides it.
+
 Row n counts data rows from 1 (the header and blank JSON lines excluded). A row that cannot be used keeps
 its place as a `PostRow` carrying its `DataError`, so a caller can raise it, skip and count it, or write it
 as a failed row. Every message reads "{where}: {problem}", where = "FILE:row K" (CSV) / "FILE:line K" (JSON).
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdk.errors import DataError
+from sdk.text_fields import DEFAULT_TEXT_FIELDS, TextFields  # noqa: F401  (re-exported)
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -151,7 +156,8 @@ def _is_msed_csv(path: Path, columns: Sequence[str]) -> bool:
 @dataclass(frozen=True)
 class PostsPlan:
     """Which columns of the posts file `path` hold the id, text and image path (or the image pattern), and
-    the folder relative image paths start from."""
+    the folder relative image paths start from. `text_fields`: the text is built from several columns
+    (TextFields.build) instead of read from `text_col`."""
 
     path: Path
     id_col: str | None
@@ -160,6 +166,7 @@ class PostsPlan:
     image_pattern: str | None
     root: Path
     columns: tuple[str, ...] = ()
+    text_fields: TextFields | None = None
 
 
 def _cols(columns: Sequence[str]) -> str:
@@ -190,11 +197,14 @@ def _check_pattern(path: Path, pattern: str, columns: Sequence[str], id_col: str
 
 
 def plan_posts(source: str | os.PathLike[str], *, split: str | None = None, image_column: str | None = None,
-               text_column: str | None = None, id_column: str | None = None, image_pattern: str | None = None,
+               text_column: str | None = None, text_fields: TextFields | str | Sequence[str] | None = None,
+               id_column: str | None = None, image_pattern: str | None = None,
                image_root: str | os.PathLike[str] | None = None, require: Iterable[str] = ()) -> PostsPlan:
     """Resolve a posts file or an MSED folder into a PostsPlan: explicit columns are checked against the
     real ones, defaults are the first of IMAGE_COLUMNS / TEXT_COLUMNS present, `require` lists columns that
-    must be there. Raises DataError naming the file and the columns it has."""
+    must be there. The text: `text_column` when given; else `text_fields` (a model's recipe) when the file
+    has all its columns (a single field is that text column); else MSED's Caption, else the first of
+    TEXT_COLUMNS. Raises DataError naming the file and the columns it has."""
     path = Path(source)
     if path.is_dir():
         csv_path = msed_csv(path, split)
@@ -203,17 +213,22 @@ def plan_posts(source: str | os.PathLike[str], *, split: str | None = None, imag
                             f"and not a posts file ({', '.join(SUFFIXES)})")
         path = csv_path
     columns = _header(_checked(path))
+    fields = TextFields.of(text_fields)
+    if text_column or not (fields and columns and all(f in columns for f in fields.fields)):
+        fields = None  # an explicit column, or a recipe this file cannot follow: the text column rules
+    elif len(fields.fields) == 1:
+        text_column, fields = fields.fields[0], None
     if not image_column and _is_msed_csv(path, columns):
-        text_column = text_column or MSED_TEXT
+        text_column = text_column or (None if fields else MSED_TEXT)
         image_pattern = image_pattern or MSED_PATTERN
     missing = [c for c in require if c not in columns]
     if missing:
         raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
                         f"the columns are: {_cols(columns)}")
     id_col = _pick(path, columns, id_column, ("id",), "id")
-    text_col = _pick(path, columns, text_column, TEXT_COLUMNS, "text")
+    text_col = None if fields else _pick(path, columns, text_column, TEXT_COLUMNS, "text")
     image_col = None if image_pattern else _pick(path, columns, image_column, IMAGE_COLUMNS, "image")
-    if columns and text_col is None:
+    if columns and text_col is None and fields is None:
         raise DataError(f"{path}: no text column (looked for {', '.join(TEXT_COLUMNS)}); the columns are: "
                         f"{_cols(columns)}; name one (--text-column)")
     if columns and image_col is None and not image_pattern:
@@ -222,7 +237,7 @@ def plan_posts(source: str | os.PathLike[str], *, split: str | None = None, imag
     if image_pattern:
         _check_pattern(path, image_pattern, columns, id_col)
     root = Path(image_root) if image_root is not None else path.parent
-    return PostsPlan(path, id_col, text_col, image_col, image_pattern, root, columns)
+    return PostsPlan(path, id_col, text_col, image_col, image_pattern, root, columns, fields)
 
 
 # --- rows -----------------------------------------------------------------------------------------------
@@ -270,7 +285,8 @@ def _row(plan: PostsPlan, n: int, where: str, row: RawRow, tasks: Mapping[str, S
         image = _image(plan, n, row, where, id_value)
         if check_images and not image.is_file():
             raise DataError(f"{where}: image {image} not found")
-        text = row.get(plan.text_col) if plan.text_col else None
+        text = (plan.text_fields.build(row, where) if plan.text_fields else
+                row.get(plan.text_col) if plan.text_col else None)
         if text is not None and not isinstance(text, str):
             raise DataError(f"{where}: text must be a string, got {type(text).__name__}")
         if text is None and require_text:

@@ -98,8 +98,9 @@ def build_graph(path: Path, tasks: dict[str, list[str]], vocab_size: int, seed: 
 
 def build_fake_bundle(folder: str | Path, *, tasks: dict[str, list[str]] | None = None, max_length: int = 16,
                       trim_padding: bool = True, precision: str = "fp32", name: str = "fake",
-                      label_structure: dict | None = None) -> Path:
-    """Write a complete, valid NAME.sydes/ folder at `folder`; returns its path."""
+                      label_structure: dict | None = None, text: dict | None = None) -> Path:
+    """Write a complete, valid NAME.sydes/ folder at `folder`; returns its path. `text`: the tokenizer
+    section's text keys (TextFields.to_dict()); none by default, as a manifest from before them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tasks = dict(tasks or TASKS)
@@ -117,6 +118,7 @@ def build_fake_bundle(folder: str | Path, *, tasks: dict[str, list[str]] | None 
     tok = file_record(folder, "tokenizer.json")
     tok.pop("bytes")
     tok.update(kind="wordpiece", max_length=max_length, trim_padding=trim_padding)
+    tok.update(text or {})
     manifest = {
         "schema": "sydes-bundle", "schema_version": 1, "name": name, "created": "2025-01-01T00:00:00Z",
         "tasks": tasks, "precision": precision, "graphs": {"model": graph}, "tokenizer": tok,

@@ -63,6 +63,29 @@ def test_fp32_bundle_matches_torch(fp32_bundle, work) -> None:
     assert "(SyDES bundle, fp32, onnx)" in card and "Verification at export" in card and str(work["ck"]) in card
 
 
+def test_bundle_records_the_checkpoints_text_fields(fp32_bundle, work) -> None:
+    """The manifest's tokenizer section says which columns make the text (default: the Caption); the text
+    fields change no graph, so a checkpoint that differs only in them reuses the raw export."""
+    import shutil
+
+    assert {k: fp32_bundle.manifest["tokenizer"][k] for k in ("text_fields", "text_separator")} == {
+        "text_fields": ["Caption"], "text_separator": " "}
+    ck = work["root"] / "ck-title"
+    shutil.copytree(work["ck"], ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["tokenizer"].update(text_fields=["Title", "Caption"], text_separator=" | ")
+    (ck / "config.json").write_text(json.dumps(cfg))
+    rep = export_checkpoints([ck], work["root"] / "title.sydes", _opts(work))
+    assert rep.manifest["provenance"]["graph_cache_hit"] is True
+    from sdk.bundle import load_bundle
+
+    b = load_bundle(rep.bundle)
+    assert (b.text_fields.fields, b.text_fields.separator) == (("Title", "Caption"), " | ")
+    assert "text: the Title and Caption columns joined by ' | '" in (b.path / "README.md").read_text()
+    with pytest.raises(ExportError, match=r"share preprocessing and tokenizer settings \(kind, max length, text fields\)"):
+        export_checkpoints([work["ck"], ck], work["root"] / "both.sydes", _opts(work))
+
+
 def test_dynamic_batch_and_length(fp32_bundle, work) -> None:
     import onnxruntime as ort
 

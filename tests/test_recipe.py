@@ -3,6 +3,7 @@ text-only family."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -128,3 +129,61 @@ def test_recipe_text_only_preset(data: Path, tmp_path: Path, monkeypatch) -> Non
     assert not (run / "stages" / "features.json").exists()  # no image, no feature cache
     model = load_model(run / "best")
     assert isinstance(model, TextClassifier) and model.config.label_structure["decoding"] in ("joint", "joint+prior")
+
+
+def test_recipe_records_the_text_fields(tmp_path: Path, monkeypatch) -> None:
+    """--text-fields Title,Caption: the data stages read Title + Caption, the baseline and the model record
+    them (RUN/*/best/config.json), recipe.json too; a run from before the option resumes as a Caption run."""
+    from training.synthetic import generate
+
+    monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
+    data = generate(tmp_path / "d", splits={"train": 16, "dev": 8}, seed=2)
+    run = tmp_path / "run"
+    opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
+                         int8=False, text_fields=("Title", "Caption"), text_separator=" | ")
+    recipe = Recipe(data, run, opts)
+    _, _, dev = recipe._records()
+    assert dev[0].text.startswith("synthetic post 1 | ")
+    recipe.run()
+    want = {"text_fields": ["Title", "Caption"], "text_separator": " | "}
+    for ck in ("best", "baseline/best", "model/best"):
+        tok = json.loads((run / ck / "config.json").read_text())["tokenizer"]
+        assert {k: tok[k] for k in want} == want, ck
+    assert "the Title and Caption columns joined by ' | '" in (run / "best" / "README.md").read_text()
+    saved = json.loads((run / "recipe.json").read_text())
+    assert {k: saved[k] for k in want} == want
+    with pytest.raises(ConfigError, match=r"other options \(text_fields, text_separator\)"):
+        Recipe(data, run, RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8))
+    old = tmp_path / "old"
+    old.mkdir()
+    mine = {"data": str(data), **json.loads(json.dumps(dataclasses.asdict(RecipeOptions())))}
+    (old / "recipe.json").write_text(json.dumps({k: v for k, v in mine.items() if not k.startswith("text_")}))
+    Recipe(data, old, RecipeOptions())  # no text keys: the Caption, as it was
+    with pytest.raises(ConfigError, match="other options"):
+        Recipe(data, old, RecipeOptions(text_fields=("Title", "Caption")))
+    with pytest.raises(ConfigError, match="text field 'Title' is named twice"):
+        RecipeOptions(text_fields=("Title", "Title")).validate()
+    assert RecipeOptions(text_fields="Title, Caption").validate().text_fields == ("Title", "Caption")
+
+
+def test_recipe_command_passes_the_text_fields(tmp_path: Path, monkeypatch) -> None:
+    import export.recipe
+    from sdk.cli import main
+
+    seen = []
+
+    class FakeRecipe:
+        def __init__(self, data, output, opts) -> None:
+            seen.append(opts.validate())
+            Path(output).mkdir(parents=True, exist_ok=True)
+            (Path(output) / "report.md").write_text("report")
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(export.recipe, "Recipe", FakeRecipe)
+    base = ["train", "recipe", "--preset", "tiny_vit_bert", "--data", str(tmp_path), "--output", str(tmp_path / "r")]
+    assert main([*base, "--text-fields", "Title, Caption", "--text-separator", " | "]) == 0
+    assert main(base) == 0
+    assert [(o.text_fields, o.text_separator) for o in seen] == [(("Title", "Caption"), " | "), (("Caption",), " ")]
+    assert main([*base, "--text-fields", ","]) == 1  # ConfigError: no field

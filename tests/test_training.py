@@ -240,3 +240,39 @@ def test_reduced_ablation_memories_are_exact(which):
     for t in outs[0]["logits"]:
         torch.testing.assert_close(outs[1]["logits"][t], outs[0]["logits"][t], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs[1]["img_latents"], outs[0]["img_latents"], atol=1e-6, rtol=1e-6)
+
+
+def test_train_records_the_text_fields(syn, tmp_path, monkeypatch):
+    """--text-fields: the model reads Title + Caption and its checkpoint says so; a fine-tune from it keeps
+    them (--text-separator alone changes the separator); the CLI passes both."""
+    import training.runner
+    from sdk.cli import main
+    from sdk.text_fields import TextFields
+    from training.runner import train
+
+    out = tmp_path / "tc"
+    train(stage="finetune", output=out, preset="tiny_vit_bert", data=str(syn), text_fields="Title,Caption",
+          **TINY)
+    tok = json.loads((out / "best" / "config.json").read_text())["tokenizer"]
+    assert (tok["text_fields"], tok["text_separator"]) == (["Title", "Caption"], " ")
+    import training.trainer
+
+    seen = []
+
+    class FakeTrainer:  # what the Trainer would train and save
+        def __init__(self, model, train_rec, dev_rec, *a, **kw):
+            seen.append((model.config.tokenizer.text_recipe(), train_rec[0].text))
+
+        def fit(self):
+            return {}
+
+    monkeypatch.setattr(training.trainer, "Trainer", FakeTrainer)
+    train(stage="finetune", output=tmp_path / "again", init=str(out / "best"), data=str(syn), text_separator=" | ",
+          **TINY)
+    assert seen[0][0] == TextFields(("Title", "Caption"), " | ") and seen[0][1].startswith("synthetic post 1 | ")
+    kw = []
+    monkeypatch.setattr(training.runner, "train", lambda **k: kw.append(k) or {})
+    assert main(["train", "finetune", "--preset", "tiny_vit_bert", "--data", str(syn), "--output", str(tmp_path / "x"),
+                 "--text-fields", "Title,Caption", "--text-separator", ". "]) == 0
+    assert main(["train", "pretrain", "--preset", "tiny_vit_bert", "--data", str(syn), "--output", str(tmp_path / "y")]) == 0
+    assert [(k["text_fields"], k["text_separator"]) for k in kw] == [("Title,Caption", ". "), (None, None)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import ConfigError
+from sdk.text_fields import TextFields
 
 # Label names in the index order used by the reference code (../shared/data/msed-mini/README.md).
 MSED_TASKS: dict[str, tuple[str, ...]] = {
@@ -121,6 +122,18 @@ class ImageDecoderConfig:
 class TokenizerSpec:
     kind: str = "clip"  # "clip" | "wordpiece"
     max_length: int = 77
+    # The text the model reads (sdk.text_fields.TextFields): these columns' non-empty values joined by the
+    # separator. The reference reads the Caption alone; configs written before these keys load with it.
+    text_fields: list[str] = field(default_factory=lambda: ["Caption"])
+    text_separator: str = " "
+
+    def text_recipe(self) -> TextFields:
+        """The recorded text fields as a TextFields (ConfigError where they are invalid)."""
+        return TextFields.from_dict({"text_fields": self.text_fields, "text_separator": self.text_separator})
+
+    def set_text_recipe(self, recipe: TextFields) -> None:
+        """Record a TextFields (the columns and separator the model is trained to read)."""
+        self.text_fields, self.text_separator = list(recipe.fields), recipe.separator
 
 
 @dataclass
@@ -240,6 +253,7 @@ class SydesConfig:
             )
         if self.tokenizer.max_length < 2:
             raise ConfigError("tokenizer max_length must be >= 2 (the text CLS token is removed)")
+        self.tokenizer.text_recipe()
         return self
 
     # ---- (de)serialisation ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Data sets: MSED's layout, users' posts (JSONL / CSV), a torch Dataset and its loader.
 
 MSED layout: `{root}/{split}/{split}.csv` (columns Title, Caption, Sentiment, Emotion, Desire, ...) and
-`{root}/{split}/images/K.jpg` for the K-th data row (1-based, header excluded). Only the Caption is used.
+`{root}/{split}/images/K.jpg` for the K-th data row (1-based, header excluded). The text is built from the
+model's text fields (`sdk.text_fields.TextFields`: the Caption by default, e.g. Title + Caption).
 
 Posts file (JSONL: one object per line; CSV / TSV: a header row) with an image path column (`image`, ...;
 relative to the file's folder unless absolute), a text column (`text`, ...), and any of `sentiment`,
@@ -24,7 +25,8 @@ from typing import Any, Literal
 import numpy as np
 
 from sdk.errors import DataError, SydesError
-from sdk.posts import MSED_PATTERN, MSED_TEXT, PostsPlan, iter_rows, msed_csv, plan_posts
+from sdk.posts import MSED_PATTERN, PostsPlan, iter_rows, msed_csv, plan_posts
+from sdk.text_fields import DEFAULT_TEXT_FIELDS, TextFields
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +105,9 @@ def _records(plan: PostsPlan, tasks: dict[str, Sequence[str]], *, skip_invalid: 
 
 
 def read_msed(root: str | os.PathLike[str], split: str, *, tasks: dict[str, Sequence[str]] | None = None,
-              skip_invalid: bool = False, limit: int | None = None) -> Records:
-    """Read `{root}/{split}/{split}.csv`; row K (1-based) <-> `images/K.jpg`.
+              text_fields: TextFields | None = None, skip_invalid: bool = False, limit: int | None = None) -> Records:
+    """Read `{root}/{split}/{split}.csv`; row K (1-based) <-> `images/K.jpg`; the text from `text_fields`
+    (default: the Caption), whose columns must all be in the CSV.
 
     Raises DataError naming file, row and problem (missing image, unknown label, malformed row), unless
     `skip_invalid`, where such rows are counted in `Records.skipped` instead.
@@ -116,20 +119,26 @@ def read_msed(root: str | os.PathLike[str], split: str, *, tasks: dict[str, Sequ
     csv_path = Path(root) / split / f"{split}.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: not found (expected MSED layout {{root}}/{split}/{split}.csv)")
-    plan = plan_posts(csv_path, text_column=MSED_TEXT, image_pattern=MSED_PATTERN,
-                      require=[MSED_TEXT, *(MSED_COLUMNS[t] for t in tasks)])
+    fields = text_fields or DEFAULT_TEXT_FIELDS
+    plan = plan_posts(csv_path, text_fields=fields, image_pattern=MSED_PATTERN,
+                      require=[*fields.fields, *(MSED_COLUMNS[t] for t in tasks)])
     return _records(plan, tasks, skip_invalid=skip_invalid, limit=limit, require_labels="all")
 
 
 def read_posts(path: str | os.PathLike[str], *, tasks: dict[str, Sequence[str]] | None = None,
-               skip_invalid: bool = False, require_labels: bool = True,
-               limit: int | None = None) -> Records:
+               text_fields: TextFields | None = None, strict_text: bool = False, skip_invalid: bool = False,
+               require_labels: bool = True, limit: int | None = None) -> Records:
     """Read a JSONL / CSV / TSV posts file (or an MSED split folder) through `sdk.posts`: each row needs
     an image path and a text; labels are optional per task, but (with `require_labels`) a row must label
-    at least one of `tasks`."""
+    at least one of `tasks`. The text: `text_fields` where the file has all their columns, else its text
+    column (as `sydes analyze` reads it); `strict_text`: the file must have them."""
     tasks = dict(MSED_TASKS if tasks is None else tasks)
-    return _records(plan_posts(path), tasks, skip_invalid=skip_invalid, limit=limit,
-                    require_labels=require_labels)
+    plan = plan_posts(path, text_fields=text_fields, require=text_fields.fields if text_fields and strict_text else ())
+    if text_fields not in (None, DEFAULT_TEXT_FIELDS) and plan.text_fields is None and plan.text_col not in (
+            None, *text_fields.fields):
+        log.warning("%s has not all of %s: reading the text from its column %r", plan.path,
+                    ", ".join(text_fields.fields), plan.text_col)
+    return _records(plan, tasks, skip_invalid=skip_invalid, limit=limit, require_labels=require_labels)
 
 
 def read_any(spec: str | os.PathLike[str], split: str | None = None, **kw) -> Records:

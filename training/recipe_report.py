@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from sdk.atomic import atomic_write_text
+from sdk.text_fields import TextFields
 
 MODES = ("independent", "joint", "joint+prior")
 LICENCES = {  # backbone -> licence, for model cards (README's licence section)
@@ -148,6 +149,7 @@ def write_model_card(folder: Path, config: dict[str, Any], decoding: dict[str, A
              "combinations seen in training, so they never contradict each other; per-task probabilities are kept.",
              "", "## Made of", ""]
     lines += [f"- {p}" for p in parts]
+    lines.append(f"- reads {TextFields.from_dict(config.get('tokenizer') or {}).describe()} of a post as its text")
     lines += ["", "## Trained on", "",
               f"`{source}`: {len(data['fit'])} posts, {len(data['select'])} more held out for selection. If this is "
               "MSED (research use only, no commercial use, no redistribution), this checkpoint inherits those terms: "
@@ -158,3 +160,22 @@ def write_model_card(folder: Path, config: dict[str, Any], decoding: dict[str, A
               "Research on sentiment, emotion and desire in social-media posts. English captions; the labels are those "
               "of its training data and inherit its biases. Not for decisions about individuals.", ""]
     atomic_write_text(folder / "README.md", "\n".join(lines))
+
+
+def model_cost(model: Any) -> dict[str, float]:
+    """Parameters (M) and inference GFLOP per post (torch.utils.flop_counter, one post, 48 tokens)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = model.eval()
+    ids = torch.ones(1, 48, dtype=torch.int64)
+    mask = torch.ones(1, 48, dtype=torch.int64)
+    kw: dict[str, Any] = {}
+    if getattr(m, "uses_images", True):
+        s = m.config.image_size
+        kw = {"global_pixels": torch.zeros(1, s, s, 3, dtype=torch.uint8),
+              "canvas_pixels": torch.zeros(1, 2 * s, 2 * s, 3, dtype=torch.uint8)}
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        m(ids, mask, **kw)
+    return {"params_m": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
+            "gflop_per_post": round(fc.get_total_flops() / 1e9, 2)}

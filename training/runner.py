@@ -3,6 +3,7 @@ tokenizer, read the data named on the command line, run a Trainer."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -83,33 +84,48 @@ def build_model(*, preset: str | None = None, init: str | None = None, tasks: li
     return model, load_tokenizer(config)
 
 
-def read_split(data: str | None, split: str, file: str | None, *, tasks, skip_invalid: bool = False,
-               limit: int | None = None):
-    """Records from `file` (JSONL / CSV posts) or from the MSED folder `data`'s `split`; None if neither."""
+def read_split(data: str | None, split: str, file: str | None, *, tasks, text_fields=None,
+               strict_text: bool = False, skip_invalid: bool = False, limit: int | None = None):
+    """Records from `file` (JSONL / CSV posts) or from the MSED folder `data`'s `split`; None if neither.
+    The text from `text_fields` (sdk.text_fields.TextFields; a model's `config.tokenizer.text_recipe()`):
+    an MSED CSV must have their columns, a posts file too with `strict_text` (else its text column)."""
     from training.data import read_msed, read_posts
 
     labels = {t: list(v) for t, v in tasks.items()}
     if file:
-        return read_posts(file, tasks=labels, skip_invalid=skip_invalid, limit=limit)
+        return read_posts(file, tasks=labels, text_fields=text_fields, strict_text=strict_text,
+                          skip_invalid=skip_invalid, limit=limit)
     if data:
-        return read_msed(data, split, tasks=labels, skip_invalid=skip_invalid, limit=limit)
+        return read_msed(data, split, tasks=labels, text_fields=text_fields, skip_invalid=skip_invalid, limit=limit)
     return None
 
 
 def train(*, stage: str, output: str | os.PathLike[str], preset: str | None = None, init: str | None = None,
           tasks: list[str] | None = None, data: str | None = None, train_file: str | None = None,
           dev_file: str | None = None, limit: int | None = None, skip_invalid: bool = False,
-          offline_backbones: bool = True, **options) -> dict[str, Any]:
-    """Build / load the model, read the data, run one stage; returns the Trainer's summary."""
+          offline_backbones: bool = True, text_fields=None, text_separator: str | None = None,
+          **options) -> dict[str, Any]:
+    """Build / load the model, read the data, run one stage; returns the Trainer's summary.
+
+    `text_fields` (a TextFields, "Title,Caption" or a list) and `text_separator`: the text recipe, recorded
+    in the checkpoint (default: the --init checkpoint's, else the Caption and " "). The default Caption
+    recipe reads a posts file's text column where it has no Caption (as before); any other needs its columns."""
+    from sdk.text_fields import DEFAULT_TEXT_FIELDS, TextFields
     from training.trainer import Trainer, TrainOptions, set_seed
 
     set_seed(int(options.get("seed", 0)))  # fresh weights are part of what a seed reproduces
     model, tokenizer = build_model(preset=preset, init=init, tasks=tasks, offline_backbones=offline_backbones)
-    train_rec = read_split(data, "train", train_file, tasks=model.config.tasks, skip_invalid=skip_invalid,
-                           limit=limit)
+    fields = model.config.tokenizer.text_recipe()
+    if text_fields is not None or text_separator is not None:
+        fields = TextFields(fields.fields if text_fields is None else TextFields.of(text_fields).fields,
+                            fields.separator if text_separator is None else text_separator)
+        model.config.tokenizer.set_text_recipe(fields)
+    read = functools.partial(read_split, tasks=model.config.tasks, text_fields=fields,
+                             strict_text=fields != DEFAULT_TEXT_FIELDS, skip_invalid=skip_invalid, limit=limit)
+    train_rec = read(data, "train", train_file)
     if train_rec is None:
         raise DataError("no training data: give --data DIR (MSED layout) or --train-file FILE")
-    dev_rec = read_split(data, "dev", dev_file, tasks=model.config.tasks, skip_invalid=skip_invalid, limit=limit)
+    dev_rec = read(data, "dev", dev_file)
     opts = TrainOptions(stage=stage, **options)
     trainer = Trainer(model, train_rec, dev_rec, tokenizer, output, opts,
                       init_from=init if stage == "finetune" else None)

@@ -57,6 +57,7 @@ class TextOnlyConfig:
         task_labels(tuple(self.tasks))  # unknown names raise listing the valid ones
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.tokenizer.text_recipe()  # the text fields (ConfigError naming the problem)
         if self.label_structure is not None:
             from sdk.labels import LabelStructure
 

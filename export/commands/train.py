@@ -20,7 +20,9 @@ RECIPE_HELP = """Run the whole training recipe, resumable (rerun the same comman
   4. model: the preset, text encoder trained, image encoder frozen (from the cache), early stopping;
   5. decoding: independent vs joint decoding over the label combinations, chosen on the slice;
   6. RUN/best/ (checkpoint + model card), RUN/int8.sydes scored on dev through sdk.Analyzer,
-     RUN/report.json and RUN/report.md."""
+     RUN/report.json and RUN/report.md.
+Every model reads the text --text-fields builds (default Caption; e.g. Title,Caption), recorded in RUN/best
+and its bundle, so `sydes analyze BUNDLE --input FILE` builds it the same way."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     from export.recipe import ABLATIONS, RECIPE_PRESETS, VARIANTS
+    from training.commands.train import text_arguments
 
     p.add_argument("--preset", required=True, choices=RECIPE_PRESETS)
     p.add_argument("--data", required=True, metavar="DIR", help="MSED-layout folder with train/ and dev/")
@@ -48,6 +51,7 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-fraction", type=float, default=0.15, help="share of train held out for selection")
     p.add_argument("--variants", default="", help=f"comma-separated extra candidates for best: {', '.join(VARIANTS)}")
     p.add_argument("--ablations", default="", help=f"comma-separated diagnostics: {', '.join(ABLATIONS)}")
+    text_arguments(p, default="Caption")
     p.add_argument("--no-baseline", action="store_true", help="do not train the text-only baseline")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 bundle and its dev score")
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +67,8 @@ def run_recipe(args: argparse.Namespace) -> int:
                          patience=args.patience, batch_size=args.batch_size, select_fraction=args.select_fraction,
                          seed=args.seed, baseline=not args.no_baseline, int8=not args.no_int8,
                          ablations=_names(args.ablations), variants=_names(args.variants),
-                         device=args.device, progress=not args.no_progress, limit=args.limit)
+                         device=args.device, progress=not args.no_progress, limit=args.limit,
+                         text_fields=_names(args.text_fields), text_separator=args.text_separator)
     Recipe(args.data, args.output, opts).run()
     print((Path(args.output) / "report.md").read_text(encoding="utf-8"))
     return 0

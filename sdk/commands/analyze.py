@@ -1,7 +1,9 @@
 """`sydes analyze`: one post (`BUNDLE IMAGE TEXT` -> JSON) or a file of posts (`--input` -> `--output`).
 
 File mode reads posts.jsonl / .csv / .tsv or an MSED split folder (through `sdk.posts`, the one posts
-reader) and writes one JSON line per post, in input order, flushed as it finishes
+reader; each row's text built from the bundle's text fields where the file has those columns, as the model
+was trained, e.g. Title + Caption of an MSED CSV; --text-column reads one column instead) and writes one
+JSON line per post, in input order, flushed as it finishes
 (`sdk.results.result_record`: row, id, ok, tasks, error, error_type); failed rows are written with
 their reason. It resumes: the output's finished rows are a prefix of the input's, so a re-run counts them
 (memory flat in rows: `sdk.commands.analyze_output`), cuts off a torn last line and goes on. A run that
@@ -25,6 +27,7 @@ from sdk.commands.analyze_output import Shard, fsync_file, marker_path, read_mar
 from sdk.errors import ConfigError, DataError
 from sdk.posts import IMAGE_COLUMNS, TEXT_COLUMNS, PostsPlan, iter_rows, plan_posts
 from sdk.results import record_line, result_record
+from sdk.text_fields import DEFAULT_TEXT_FIELDS, TextFields
 
 log = logging.getLogger("sdk.commands.analyze")
 
@@ -48,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-pattern", help="image path from the row instead of a column: {row} is the "
                         "data row number counted from 1 (header excluded), {id} / {COLUMN} a column's value; "
                         "e.g. 'images/{row}.jpg' (MSED: row K is images/K.jpg) or '{id}.jpg'")
-    parser.add_argument("--text-column", help=f"text column (default: first of {', '.join(TEXT_COLUMNS)})")
+    parser.add_argument("--text-column", help="read the text from this one column (default: the bundle's text "
+                        f"fields where the file has them all, else the first of {', '.join(TEXT_COLUMNS)})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="default auto")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: physical cores)")
@@ -65,10 +69,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 InputPlan = PostsPlan  # which columns hold the id, text and image path, and where relative paths start
 
 
-def plan_input(args: argparse.Namespace) -> InputPlan:
-    """--input (a posts file, an MSED split folder or its CSV) and the column flags -> the plan."""
-    return plan_posts(args.input, image_column=args.image_column, text_column=args.text_column,
-                      id_column=args.id_column, image_pattern=args.image_pattern, image_root=args.image_root)
+def plan_input(args: argparse.Namespace, text_fields: TextFields | None = None) -> InputPlan:
+    """--input (a posts file, an MSED split folder or its CSV), the column flags and the bundle's
+    `text_fields` (the text is built from them where the file has them all) -> the plan."""
+    plan = plan_posts(args.input, image_column=args.image_column, text_column=args.text_column,
+                      text_fields=text_fields, id_column=args.id_column, image_pattern=args.image_pattern,
+                      image_root=args.image_root)
+    # the reference's recipe (Caption) reading a posts file's `text` column is the usual case, not news
+    if text_fields not in (None, DEFAULT_TEXT_FIELDS) and not args.text_column and plan.text_fields is None and (
+            plan.text_col not in (None, *text_fields.fields)):
+        log.warning("the bundle's model reads %s; %s lacks %s: reading the text from column %r instead",
+                    text_fields.describe(), plan.path, ", ".join(f for f in text_fields.fields
+                                                                  if f not in plan.columns), plan.text_col)
+    return plan
+
+
+def bundle_text_fields(bundle: str | Path) -> TextFields:
+    """The text fields of a bundle's manifest (read, not verified: the Analyzer verifies the bundle)."""
+    from sdk.bundle import load_bundle
+
+    return load_bundle(bundle, verify=False).text_fields
 
 
 def iter_items(plan: InputPlan, shard: Shard) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -171,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         shard = Shard(args.num_shards, args.shard_index)
-        plan = plan_input(args)
+        plan = plan_input(args, bundle_text_fields(args.bundle))
         if args.engine == "ray":
             from sdk.commands.analyze_ray import run_ray
 

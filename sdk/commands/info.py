@@ -38,6 +38,7 @@ def format_bundle(b) -> str:
     tk = m.tokenizer
     lines.append(f"tokenizer  {tk.file} ({tk.kind}, max_length {tk.max_length}, "
                  f"trim_padding {'yes' if tk.trim_padding else 'no'})")
+    lines.append(f"text       {b.text_fields.describe()} (sydes analyze --input builds it so)")
     lines.append("preprocess " + ", ".join(f"{k}={v}" for k, v in m.preprocess.items()))
     prov = m.provenance
     if prov:

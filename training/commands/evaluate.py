@@ -1,5 +1,6 @@
 """`sydes eval CHECKPOINT --data DIR --split dev [--json OUT] [--png OUT]`: per-task accuracy, macro and
-weighted F1, per-class precision / recall and confusion matrices."""
+weighted F1, per-class precision / recall and confusion matrices. Each post's text is built from the
+checkpoint's text fields (config.json's tokenizer section), as the model was trained."""
 
 from __future__ import annotations
 
@@ -27,17 +28,21 @@ def run(args: argparse.Namespace) -> int:
 
     from sdk.atomic import atomic_write_text
     from sdk.errors import CheckpointError
+    from sdk.text_fields import TextFields
     from training.evaluate import evaluate_checkpoint
     from training.metrics import format_report, save_confusion_png
     from training.runner import read_split
 
     cfg_path = f"{args.checkpoint}/config.json"
     try:
-        tasks = json.loads(Path(cfg_path).read_text(encoding="utf-8"))["tasks"]
-    except (OSError, ValueError, KeyError) as e:
+        cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+        tasks = cfg["tasks"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{args.checkpoint}: not a SyDES checkpoint ({cfg_path}: {e})") from None
-    records = read_split(args.data, args.split, args.file, tasks=tasks, skip_invalid=args.skip_invalid,
-                         limit=args.limit)
+    # the text as the model was trained to read it (as `sydes analyze --input` builds it from a bundle)
+    fields = TextFields.from_dict(cfg.get("tokenizer") or {})
+    records = read_split(args.data, args.split, args.file, tasks=tasks, text_fields=fields,
+                         skip_invalid=args.skip_invalid, limit=args.limit)
     reports = evaluate_checkpoint(args.checkpoint, records, batch_size=args.batch_size, device=args.device,
                                   num_workers=args.num_workers)
     print(format_report(reports))

@@ -24,6 +24,16 @@ def _lr(s: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--lr takes GROUP=VALUE (e.g. text_decoder=2e-4), got {s!r}") from None
 
 
+def text_arguments(p: argparse.ArgumentParser, default: str | None) -> None:
+    """--text-fields / --text-separator: the columns the model's text is built from (recorded in the
+    checkpoint; `sydes analyze --input` builds it the same way from a bundle of it)."""
+    where = "the --init checkpoint's, else Caption" if default is None else default
+    p.add_argument("--text-fields", default=default, metavar="COLS",
+                   help=f"comma-separated columns joined into the text, e.g. Title,Caption (default: {where})")
+    p.add_argument("--text-separator", default=None if default is None else " ", metavar="SEP",
+                   help="put between the text fields' non-empty values (default: a space)")
+
+
 def _stage_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="start from a fresh preset: reference, edge, tiny_clip, tiny_vit_bert")
@@ -32,6 +42,7 @@ def _stage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="MSED-layout folder with train/ and dev/")
     p.add_argument("--train-file", help="posts file (JSONL / CSV) to train on (instead of --data)")
     p.add_argument("--dev-file", help="posts file (JSONL / CSV) for dev evaluation")
+    text_arguments(p, default=None)
     p.add_argument("--output", default=None, help="run folder (default runs/<stage>-<preset or init name>)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32)
@@ -70,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience, seed=args.seed, device=args.device, amp=args.amp, lrs=dict(args.lr),
         warmup=args.warmup, clip=args.clip, num_workers=args.num_workers, feature_cache=args.feature_cache,
         deterministic=args.deterministic, progress=not args.no_progress,
+        text_fields=args.text_fields, text_separator=args.text_separator,
     )
     import os
 
