@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sdk.errors import ConfigError
@@ -38,6 +37,7 @@ from sdk.errors import ConfigError
 from .backbones import TextEncoder, VisionEncoder
 from .checkpoints import Checkpointable
 from .config import SydesConfig
+from .losses import LOSSES, loss_weights, sydes_losses
 from .modules import (
     Attention,
     CombinedAggregator,
@@ -49,12 +49,9 @@ from .modules import (
     TextDecoder,
     Tiler,
     init_module,
-    patchify,
     random_masking,
 )
 
-PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0}
-FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0}
 STAGES = ("pretrain", "finetune")
 PARAM_GROUPS = ("image_encoder", "text_encoder", "text_decoder", "image_decoder", "other")
 BACKBONES = ("image_encoder", "text_encoder")  # pretrained (or their library's own init): the rule skips them
@@ -349,12 +346,7 @@ class SyDES(Checkpointable, nn.Module):
         PRETRAIN_WEIGHTS / FINETUNE_WEIGHTS."""
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
-        w = dict(PRETRAIN_WEIGHTS if stage == "pretrain" else FINETUNE_WEIGHTS)
-        if weights:
-            unknown = set(weights) - set(w)
-            if unknown:
-                raise ConfigError(f"unknown loss weights {sorted(unknown)}; valid: {', '.join(w)}")
-            w.update(weights)
+        w = loss_weights(stage, weights)
         labels = dict(labels or {})
         unknown_tasks = set(labels) - set(self.config.tasks)
         if unknown_tasks:
@@ -364,37 +356,14 @@ class SyDES(Checkpointable, nn.Module):
         out = self.forward_train(inputs.pop("input_ids"), inputs.pop("attention_mask"), stage=stage,
                                  need_logits=need_logits, **inputs)
         losses = self.forward_loss(out, labels if need_logits else {}, stage)
-        losses["loss"] = sum(w[k] * losses[k] for k in ("itc", "consistency", "kl", "recon", "ce"))
+        losses["loss"] = sum(w[k] * losses[k] for k in LOSSES)
         return losses
 
     def forward_loss(self, out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str
                      ) -> dict[str, torch.Tensor]:
-        """forward_train's outputs -> unweighted losses: itc (symmetric InfoNCE, similarities scaled by
-        exp(temperature)); pretrain: consistency (MSE of the decoder's and the image's latents), kl (MAE vs CLIP
-        similarity distributions, + entropy), recon (pixel MSE over the dropped patches); ce (summed over
-        `labels`' tasks)."""
-        img, txt = out["img_latents"], out["text_latents"]
-        zero = img.new_zeros(())
-        losses: dict[str, torch.Tensor] = {}
-        sim = (txt @ img.t()) * self.temperature.exp()
-        target = torch.arange(sim.shape[0], device=sim.device)
-        losses["itc"] = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target))
-        if stage == "pretrain":
-            dec = F.normalize(out["dec_latents"], dim=1, eps=1e-12)
-            losses["consistency"] = F.mse_loss(dec, img)
-            logits_clip = self.logit_scale * (img @ txt.t())
-            logits_mae = self.logit_scale * (dec @ txt.t())
-            kl = F.kl_div(F.log_softmax(logits_mae, dim=-1), F.softmax(logits_clip, dim=-1), reduction="batchmean")
-            entropy = -(F.softmax(logits_mae, dim=0) * F.log_softmax(logits_mae, dim=0)).mean()
-            losses["kl"] = kl + entropy
-            target_px = patchify(out["tiles"].reshape(-1, *out["tiles"].shape[2:]), self.config.patch_size)
-            per_patch = ((out["recon_pred"] - target_px) ** 2).mean(dim=-1)
-            m = out["recon_mask"]
-            losses["recon"] = (per_patch * m).sum() / m.sum()
-        else:
-            losses["consistency"] = losses["kl"] = losses["recon"] = zero
-        losses["ce"] = sum((F.cross_entropy(out["logits"][t], y) for t, y in labels.items()), start=zero)
-        return losses
+        """forward_train's outputs -> the unweighted losses (training.losses.sydes_losses)."""
+        return sydes_losses(out, labels, stage, temperature=self.temperature, logit_scale=self.logit_scale,
+                            patch_size=self.config.patch_size)
 
     def forward_pretrain(
         self, batch_inputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor] | None = None

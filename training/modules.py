@@ -326,13 +326,6 @@ def random_masking(x: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.T
     return kept, torch.gather(mask, 1, ids_restore), ids_restore
 
 
-def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
-    """[N, 3, S, S] -> [N, P, p*p*3] (MAE's order: row-major patches, pixels (y, x, channel))."""
-    n, _, h, w = imgs.shape
-    x = imgs.reshape(n, 3, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(n, (h // p) * (w // p), p * p * 3)
-
-
 def init_module(m: nn.Module) -> None:
     """The one init rule (the reference's, for its own modules): xavier-uniform weights and zero biases of
     linear maps (nn.Linear and the fused in-projection of modules.Attention), LayerNorm 1 / 0. Parameters that

@@ -1,0 +1,63 @@
+"""SyDES's training losses (SYDES.md): the weights per stage and the losses of one forward_train output."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sdk.errors import ConfigError
+
+LOSSES = ("itc", "consistency", "kl", "recon", "ce")
+PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0}
+FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0}
+
+
+def loss_weights(stage: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The stage's default weights with `overrides` (only known loss names)."""
+    w = dict(PRETRAIN_WEIGHTS if stage == "pretrain" else FINETUNE_WEIGHTS)
+    if overrides:
+        unknown = set(overrides) - set(w)
+        if unknown:
+            raise ConfigError(f"unknown loss weights {sorted(unknown)}; valid: {', '.join(w)}")
+        w.update(overrides)
+    return w
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """[N, 3, S, S] -> [N, P, p*p*3] (MAE's order: row-major patches, pixels (y, x, channel))."""
+    n, _, h, w = imgs.shape
+    x = imgs.reshape(n, 3, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(n, (h // p) * (w // p), p * p * 3)
+
+
+def sydes_losses(out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str, *,
+                 temperature: torch.Tensor, logit_scale: torch.Tensor, patch_size: int) -> dict[str, torch.Tensor]:
+    """forward_train's outputs -> unweighted losses: itc (symmetric InfoNCE, similarities scaled by
+    exp(temperature)); pretrain: consistency (MSE of the decoder's and the image's latents), kl (MAE vs CLIP
+    similarity distributions, + entropy), recon (pixel MSE over the dropped patches); ce (summed over
+    `labels`' tasks, logits from out["logits"])."""
+    img, txt = out["img_latents"], out["text_latents"]
+    zero = img.new_zeros(())
+    losses: dict[str, torch.Tensor] = {}
+    sim = (txt @ img.t()) * temperature.exp()
+    target = torch.arange(sim.shape[0], device=sim.device)
+    losses["itc"] = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target))
+    if stage == "pretrain":
+        dec = F.normalize(out["dec_latents"], dim=1, eps=1e-12)
+        losses["consistency"] = F.mse_loss(dec, img)
+        logits_clip = logit_scale * (img @ txt.t())
+        logits_mae = logit_scale * (dec @ txt.t())
+        kl = F.kl_div(F.log_softmax(logits_mae, dim=-1), F.softmax(logits_clip, dim=-1), reduction="batchmean")
+        entropy = -(F.softmax(logits_mae, dim=0) * F.log_softmax(logits_mae, dim=0)).mean()
+        losses["kl"] = kl + entropy
+        target_px = patchify(out["tiles"].reshape(-1, *out["tiles"].shape[2:]), patch_size)
+        per_patch = ((out["recon_pred"] - target_px) ** 2).mean(dim=-1)
+        m = out["recon_mask"]
+        losses["recon"] = (per_patch * m).sum() / m.sum()
+    else:
+        losses["consistency"] = losses["kl"] = losses["recon"] = zero
+    losses["ce"] = sum((F.cross_entropy(out["logits"][t], y) for t, y in labels.items()), start=zero)
+    return losses
