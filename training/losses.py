@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from sdk.errors import ConfigError
 
+from .options import check_stage
+
 LOSSES = ("itc", "consistency", "kl", "recon", "ce")
 PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0}
 FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0}
@@ -17,6 +19,7 @@ FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce
 
 def loss_weights(stage: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
     """The stage's default weights with `overrides` (only known loss names)."""
+    check_stage(stage)
     w = dict(PRETRAIN_WEIGHTS if stage == "pretrain" else FINETUNE_WEIGHTS)
     if overrides:
         unknown = set(overrides) - set(w)

@@ -51,8 +51,8 @@ from .modules import (
     init_module,
     random_masking,
 )
+from .options import check_stage
 
-STAGES = ("pretrain", "finetune")
 PARAM_GROUPS = ("image_encoder", "text_encoder", "text_decoder", "image_decoder", "other")
 BACKBONES = ("image_encoder", "text_encoder")  # pretrained (or their library's own init): the rule skips them
 
@@ -319,8 +319,7 @@ class SyDES(Checkpointable, nn.Module):
         encode (inference path). `inputs`: pixels / views and optionally cached image_features= / text_hidden=
         (pretrain uses the cache for the global view only). -> latents, logits and, pretraining, the MIM
         tensors forward_loss needs."""
-        if stage not in STAGES:
-            raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+        check_stage(stage)
         out: dict[str, Any] = {}
         if stage == "pretrain":
             f: Features = self.forward_encoder(input_ids, attention_mask, **inputs)
@@ -344,8 +343,6 @@ class SyDES(Checkpointable, nn.Module):
         """forward_train + forward_loss on one batch: `batch_inputs` holds input_ids, attention_mask and the
         image (uint8 canvases, float views, or cached features); `labels` {task: [B]}. Default weights:
         PRETRAIN_WEIGHTS / FINETUNE_WEIGHTS."""
-        if stage not in STAGES:
-            raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
         w = loss_weights(stage, weights)
         labels = dict(labels or {})
         unknown_tasks = set(labels) - set(self.config.tasks)

@@ -9,6 +9,13 @@ from sdk.errors import ConfigError
 STAGES = ("pretrain", "finetune")
 
 
+def check_stage(stage: str) -> str:
+    """`stage` if it is one of STAGES, else a ConfigError listing them (the one check: options, model, losses)."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    return stage
+
+
 @dataclass
 class TrainOptions:
     stage: str = "finetune"
@@ -37,8 +44,7 @@ class TrainOptions:
     text_cache: bool = False  # frozen text encoder (lr 0): compute its outputs once, in memory
 
     def validate(self) -> TrainOptions:
-        if self.stage not in STAGES:
-            raise ConfigError(f"unknown stage {self.stage!r}; valid: {', '.join(STAGES)}")
+        check_stage(self.stage)
         if self.amp not in ("auto", "off", "fp16", "bf16"):
             raise ConfigError(f"unknown amp mode {self.amp!r}; valid: auto, off, fp16, bf16")
         for name in ("epochs", "batch_size", "accum"):
