@@ -44,7 +44,10 @@ ABLATIONS = ("global-only", "image-only")
 # Candidates for RUN/best besides the preset trained from the pretrained encoders. warm-text: the text
 # encoder starts from the fine-tuned baseline's, so the fused model does not have to relearn from the
 # image path what the text alone already gives (multimodal models under-train their stronger modality).
-VARIANTS = ("warm-text",)
+# structure-loss: fine-tuned with the label-structure loss next to the CE (training.losses.structure_loss:
+# -log of the posterior mass on the valid label combinations), so that the tasks learn to agree (#13).
+VARIANTS = ("warm-text", "structure-loss")
+STRUCTURE_LOSS_WEIGHT = 1.0
 BASELINE = "text-only"
 # Learning rates by parameter group. The text encoder is trained at the rate that fine-tunes MiniLM well
 # on its own; the freshly initialised decoder / pooling / heads learn faster. SYDES.md's fine-tune rates
@@ -87,7 +90,7 @@ class RecipeOptions:
             raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
         if (self.ablations or self.variants) and self.preset == BASELINE:
             raise ConfigError("ablations and variants change the image model: they need an image preset, not text-only")
-        if self.variants and not self.baseline:
+        if "warm-text" in self.variants and not self.baseline:
             raise ConfigError("the warm-text variant starts from the baseline: it needs the baseline stage")
         if not 0.0 < self.select_fraction < 0.5:
             raise ConfigError(f"select_fraction must be in (0, 0.5), got {self.select_fraction}")
@@ -269,7 +272,8 @@ class Recipe:
             batch_size=self.opts.batch_size, lrs=dict(self.opts.baseline_lrs if baseline else self.opts.model_lrs),
             patience=self.opts.patience, seed=self.opts.seed, device=self.opts.device, progress=self.opts.progress,
             save_every=10**9, log_every=10, feature_cache=self._cache_dir() if uses_images else None,
-            feature_cache_dtype="float16")
+            feature_cache_dtype="float16",
+            loss_weights={"structure": STRUCTURE_LOSS_WEIGHT} if variant == "structure-loss" else {})
         trainer = Trainer(model, fit, select, tok, self.out / name, opts)
         if ablation == "global-only":
             from training.feature_cache import global_view_only

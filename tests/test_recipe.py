@@ -35,7 +35,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
-                         int8_calib_samples=16, variants=("warm-text",))
+                         int8_calib_samples=16, variants=("warm-text", "structure-loss"))
     recipe = Recipe(data, run, opts)
     report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
@@ -56,13 +56,19 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["int8"]["modes"]["joint"]["contradictions"] == 0
     # the variant is a candidate for best, chosen on the selection slice; it starts from the baseline's encoder
     models = report["decoding"]
-    best = max(("model", "warm-text"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
+    best = max(("model", "warm-text", "structure-loss"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
     assert report["best"]["candidate"] == best and "candidate best on the selection slice" in md
     from training.checkpoints import load_model
 
     warm, _ = recipe._build("tiny_vit_bert", "warm-text")
     base = load_model(run / "baseline" / "best").text_encoder.state_dict()
     assert all(torch.equal(v, base[k]) for k, v in warm.text_encoder.state_dict().items())
+    # the structure-loss variant trained with the label-structure loss, the model without it
+    def logged(name: str) -> list[float]:
+        rows = [json.loads(line) for line in (run / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["structure"] for r in rows if r.get("event") == "train"]
+    assert logged("structure-loss") and all(v > 0 for v in logged("structure-loss"))
+    assert logged("model") and all(v == 0 for v in logged("model"))
     # resume: every stage is done, nothing is retrained
     mtime = (run / "model" / "best" / "model.safetensors").stat().st_mtime
     Recipe(data, run, opts).run()

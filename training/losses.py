@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,9 +12,10 @@ from sdk.errors import ConfigError
 
 from .options import check_stage
 
-LOSSES = ("itc", "consistency", "kl", "recon", "ce")
-PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0}
-FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0}
+LOSSES = ("itc", "consistency", "kl", "recon", "ce", "structure")
+# structure: not in SYDES.md; off unless asked for (the recipe's `structure-loss` variant, #13)
+PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0, "structure": 0.0}
+FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0, "structure": 0.0}
 
 
 def loss_weights(stage: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -36,12 +37,37 @@ def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(n, (h // p) * (w // p), p * p * 3)
 
 
+def structure_loss(logits: Mapping[str, torch.Tensor], tasks: Sequence[str], combos: torch.Tensor) -> torch.Tensor:
+    """-log of the probability mass the independent per-task posteriors put on the valid label combinations
+    (sdk.labels.LabelStructure), batch mean. logits {task: [B, C_t]}; combos [K, T] label indices in `tasks`
+    order. 0 when every post's posteriors sit inside the table; needs no labels (it regularises agreement)."""
+    score = sum(F.log_softmax(logits[t].float(), dim=-1)[:, combos[:, j]] for j, t in enumerate(tasks))  # [B, K]
+    return -torch.logsumexp(score, dim=1).mean()
+
+
+def label_combos(structure: Mapping[str, Any] | None, tasks: Mapping[str, Sequence[str]], *, required: bool,
+                 device: torch.device | None = None) -> tuple[Sequence[str], torch.Tensor] | None:
+    """A config's label_structure -> (its tasks, combos [K, T] long) for structure_loss; None without one
+    (a ConfigError when `required`, i.e. the structure loss has a weight)."""
+    if structure is None:
+        if required:
+            raise ConfigError("the structure loss needs the model's label_structure (learnt from the training "
+                              "labels: sydes train recipe sets it)")
+        return None
+    from sdk.labels import LabelStructure
+
+    table = LabelStructure.from_dict(structure, tasks)
+    return table.tasks, torch.tensor(table.combos, dtype=torch.long, device=device)
+
+
 def sydes_losses(out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str, *,
-                 temperature: torch.Tensor, logit_scale: torch.Tensor, patch_size: int) -> dict[str, torch.Tensor]:
+                 temperature: torch.Tensor, logit_scale: torch.Tensor, patch_size: int,
+                 structure: tuple[Sequence[str], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """forward_train's outputs -> unweighted losses: itc (symmetric InfoNCE, similarities scaled by
     exp(temperature)); pretrain: consistency (MSE of the decoder's and the image's latents), kl (MAE vs CLIP
     similarity distributions, + entropy), recon (pixel MSE over the dropped patches); ce (summed over
-    `labels`' tasks, logits from out["logits"])."""
+    `labels`' tasks, logits from out["logits"]); structure (structure_loss over `structure` = (tasks,
+    combos), when given and logits were computed, else 0)."""
     img, txt = out["img_latents"], out["text_latents"]
     zero = img.new_zeros(())
     losses: dict[str, torch.Tensor] = {}
@@ -63,4 +89,6 @@ def sydes_losses(out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], sta
     else:
         losses["consistency"] = losses["kl"] = losses["recon"] = zero
     losses["ce"] = sum((F.cross_entropy(out["logits"][t], y) for t, y in labels.items()), start=zero)
+    logits = out.get("logits")
+    losses["structure"] = structure_loss(logits, *structure) if structure is not None and logits else zero
     return losses

@@ -37,7 +37,7 @@ from sdk.errors import ConfigError
 from .backbones import TextEncoder, VisionEncoder
 from .checkpoints import Checkpointable
 from .config import SydesConfig
-from .losses import LOSSES, loss_weights, sydes_losses
+from .losses import LOSSES, label_combos, loss_weights, sydes_losses
 from .modules import (
     Attention,
     CombinedAggregator,
@@ -352,15 +352,18 @@ class SyDES(Checkpointable, nn.Module):
         inputs = dict(batch_inputs)
         out = self.forward_train(inputs.pop("input_ids"), inputs.pop("attention_mask"), stage=stage,
                                  need_logits=need_logits, **inputs)
-        losses = self.forward_loss(out, labels if need_logits else {}, stage)
+        losses = self.forward_loss(out, labels if need_logits else {}, stage, structure=w["structure"] > 0)
         losses["loss"] = sum(w[k] * losses[k] for k in LOSSES)
         return losses
 
-    def forward_loss(self, out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str
-                     ) -> dict[str, torch.Tensor]:
-        """forward_train's outputs -> the unweighted losses (training.losses.sydes_losses)."""
+    def forward_loss(self, out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str,
+                     structure: bool = False) -> dict[str, torch.Tensor]:
+        """forward_train's outputs -> the unweighted losses (training.losses.sydes_losses); `structure`: also
+        the label-structure loss (needs config.label_structure)."""
+        combos = label_combos(self.config.label_structure, self.config.tasks, required=True,
+                              device=self.temperature.device) if structure else None
         return sydes_losses(out, labels, stage, temperature=self.temperature, logit_scale=self.logit_scale,
-                            patch_size=self.config.patch_size)
+                            patch_size=self.config.patch_size, structure=combos)
 
     def forward_pretrain(
         self, batch_inputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor] | None = None

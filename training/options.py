@@ -42,6 +42,7 @@ class TrainOptions:
     feature_cache_dtype: str = "float32"  # float32 = exact logits; float16 halves the disk (not exact)
     trim_padding: bool = True  # cut each batch's token padding to its longest caption (exact: see data.py)
     text_cache: bool = False  # frozen text encoder (lr 0): compute its outputs once, in memory
+    loss_weights: dict[str, float] = field(default_factory=dict)  # overrides of the stage's (training.losses)
 
     def validate(self) -> TrainOptions:
         check_stage(self.stage)
@@ -55,6 +56,10 @@ class TrainOptions:
         if self.feature_cache and self.stage != "finetune" and self.lrs.get("image_encoder", None) != 0:
             raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune only, or with "
                               "pretrain and an image_encoder learning rate of 0")
+        if self.loss_weights:
+            from training.losses import loss_weights
+
+            loss_weights(self.stage, self.loss_weights)  # ConfigError naming unknown losses
         if self.text_cache and self.lrs.get("text_encoder", None) != 0:
             raise ConfigError("the text cache needs a frozen text encoder: set the text_encoder learning rate to 0")
         return self

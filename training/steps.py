@@ -29,8 +29,8 @@ class _LossForward(torch.nn.Module):
         super().__init__()
         self.module_ = model
 
-    def forward(self, inputs, labels, stage):  # noqa: D401
-        return self.module_.training_losses(inputs, labels, stage=stage)
+    def forward(self, inputs, labels, stage, weights=None):  # noqa: D401
+        return self.module_.training_losses(inputs, labels, stage=stage, weights=weights)
 
 
 # Per-module learning rates of the reference recipe (../shared/SYDES.md), by the model's parameter groups
@@ -88,16 +88,18 @@ def _model_inputs(batch: dict[str, Any], stage: str = "finetune") -> dict[str, A
     return inputs
 
 
-def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
-    """Weighted losses of one batch (model.training_losses); key "loss" is the total to back-propagate.
+def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str,
+                 weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """Weighted losses of one batch (model.training_losses, `weights` over the stage's defaults); key "loss"
+    is the total to back-propagate.
     Tasks with no labelled row in the batch are left out of the CE (their mean would be 0/0)."""
     labels = batch["labels"]
     tasks = unwrap(model).config.task_names
     y = {t: labels[:, i] for i, t in enumerate(tasks) if bool((labels[:, i] != MISSING).any())}
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **_model_inputs(batch, stage)}
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model(inputs, y, stage)  # DDP's forward -> training_losses (see _LossForward)
-    return model.training_losses(inputs, y, stage=stage)
+        return model(inputs, y, stage, weights)  # DDP's forward -> training_losses (see _LossForward)
+    return model.training_losses(inputs, y, stage=stage, weights=weights)
 
 
 def batch_logits(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from sdk.errors import ConfigError
 from .backbones import TextEncoder
 from .checkpoints import Checkpointable
 from .config import CONFIG_VERSION, TEXT_KINDS, BackboneSpec, TokenizerSpec, task_labels
+from .losses import label_combos, loss_weights, structure_loss
 
 PRESET = "text-only"
 
@@ -145,7 +146,13 @@ class TextClassifier(Checkpointable, nn.Module):
                       text_hidden=batch_inputs.get("text_hidden"))
         ce = sum((F.cross_entropy(logits[t], y) for t, y in (labels or {}).items()),
                  start=logits[next(iter(logits))].new_zeros(()))
-        return {"ce": ce, "loss": ce}
+        w = loss_weights(stage, weights)  # of SyDES's losses only ce and structure apply to this model
+        out = {"ce": ce, "loss": w["ce"] * ce}
+        if w["structure"] > 0:
+            out["structure"] = structure_loss(logits, *label_combos(self.config.label_structure, self.config.tasks,
+                                                                    required=True, device=ce.device))
+            out["loss"] = out["loss"] + w["structure"] * out["structure"]
+        return out
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         from .model import PARAM_GROUPS

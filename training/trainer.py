@@ -225,7 +225,7 @@ class Trainer:
             for batch in loader:
                 batch = _to(batch, self.device)
                 with self._autocast():
-                    out = batch_losses(model, batch, self.opts.stage)
+                    out = batch_losses(model, batch, self.opts.stage, self.opts.loss_weights or None)
                     losses.append(float(out["loss"]) * len(batch["labels"]))
                     if self.opts.stage == "finetune":
                         logits = batch_logits(model, batch)
@@ -313,7 +313,7 @@ class Trainer:
                 sync = pending + 1 == group_size
                 ctx = self.model.no_sync() if (self.dist.world > 1 and not sync) else contextlib.nullcontext()
                 with ctx, self._autocast():
-                    out = batch_losses(self.model, batch, opts.stage)
+                    out = batch_losses(self.model, batch, opts.stage, opts.loss_weights or None)
                     loss = out["loss"] / group_size
                 self.scaler.scale(loss).backward()
                 pending += 1
