@@ -41,6 +41,7 @@ def structure_loss(logits: Mapping[str, torch.Tensor], tasks: Sequence[str], com
     """-log of the probability mass the independent per-task posteriors put on the valid label combinations
     (sdk.labels.LabelStructure), batch mean. logits {task: [B, C_t]}; combos [K, T] label indices in `tasks`
     order. 0 when every post's posteriors sit inside the table; needs no labels (it regularises agreement)."""
+    combos = combos.to(logits[tasks[0]].device)
     score = sum(F.log_softmax(logits[t].float(), dim=-1)[:, combos[:, j]] for j, t in enumerate(tasks))  # [B, K]
     return -torch.logsumexp(score, dim=1).mean()
 

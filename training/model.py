@@ -15,7 +15,7 @@ the feature cache, training with cached encoder outputs):
     pool            masked mean / max / attention pooling -> multipool_proj -> ln4_post -> [B,O]
     classify        (+ the global-view summary) per task: proj2(proj1(x) + x) -> logits [B,C]
 Training (MAE's split): `forward_encoder` (pretrain: the tiles' patches masked before the encoder),
-`forward_decoder` (the text-guided MIM image decoder), `forward_loss` (ITC, consistency, KL, recon, CE).
+`forward_decoder` (the text-guided MIM image decoder), `forward_loss` (training.losses).
 Only the patch tokens reach the logits: the global view's CLS (and CLIP's post_layernorm) feed
 nothing but the contrastive latents, as in the reference.
 
@@ -358,10 +358,9 @@ class SyDES(Checkpointable, nn.Module):
 
     def forward_loss(self, out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str,
                      structure: bool = False) -> dict[str, torch.Tensor]:
-        """forward_train's outputs -> the unweighted losses (training.losses.sydes_losses); `structure`: also
-        the label-structure loss (needs config.label_structure)."""
-        combos = label_combos(self.config.label_structure, self.config.tasks, required=True,
-                              device=self.temperature.device) if structure else None
+        """forward_train's outputs -> the unweighted losses (training.losses.sydes_losses; `structure`: with the
+        label-structure loss)."""
+        combos = label_combos(self.config.label_structure, self.config.tasks, required=True) if structure else None
         return sydes_losses(out, labels, stage, temperature=self.temperature, logit_scale=self.logit_scale,
                             patch_size=self.config.patch_size, structure=combos)
 
@@ -389,8 +388,7 @@ class SyDES(Checkpointable, nn.Module):
         self.image_decoder.decoder_pos_embed.requires_grad_(False)
 
     def param_group_name(self, name: str) -> str:
-        top = name.split(".", 1)[0]
-        return top if top in PARAM_GROUPS else "other"
+        return name.split(".", 1)[0] if name.split(".", 1)[0] in PARAM_GROUPS else "other"
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group (image_encoder, text_encoder, text_decoder, image_decoder, other)
