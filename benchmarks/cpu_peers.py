@@ -6,6 +6,7 @@ Paths (model only: the arrays the Analyzer hands its backend, decode and tokenis
   torch eager FP32 (the same weights);
   onnxruntime FP32 and INT8 bundles (`--target cpu`, what `sydes export` writes by default);
   OpenVINO FP32 and INT8 bundles (`--target openvino`, INT8 by NNCF, through sdk.Analyzer backend=openvino);
+  the OpenVINO INT8 bundle with hint="throughput", one stream per thread, each batch split over the streams;
   the peer: what an Intel user does by hand on our FP32 model.onnx: `nncf.quantize(ov.Core().read_model(..),
   nncf.Dataset(48 posts), model_type=TRANSFORMER)` compiled with OpenVINO's defaults.
 The floor line: the preset's GFLOP/post (benchmarks/model_cost.py) at this CPU's INT8 GEMM rate
@@ -152,6 +153,11 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
                       max_batch_size=max(batches))
         keep.append(az)
         out[key] = az.backend.run
+    # the same OpenVINO INT8 bundle with the throughput hint: each batch split over one stream per core
+    az = Analyzer(bundle(preset, "ov-int8", calib_samples), backend="openvino", device="cpu", threads=threads,
+                  hint="throughput", streams=threads, max_batch_size=max(batches))
+    keep.append(az)
+    out["ov-int8-streams"] = az.backend.run
     compiled = peer_model(preset, CACHE / preset / "ort-fp32.sydes")
     req = compiled.create_infer_request()
     out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)

@@ -168,3 +168,21 @@ def test_auto_keeps_onnx_bundles_on_onnxruntime(work) -> None:
         _export(work, "ort32.sydes", target="cpu")
     with Analyzer(onnx_b, device="cpu") as a:
         assert a.info.backend == "onnxruntime"
+
+
+def test_throughput_hint_splits_a_batch_over_the_streams(ov_fp32) -> None:
+    from sdk import Analyzer
+
+    posts = [(_post(s)[0], f"post number {s}") for s in range(5)]
+    with Analyzer(ov_fp32.bundle, hint="throughput", streams=2, threads=2) as split, \
+            Analyzer(ov_fp32.bundle, split_batches=False, hint="throughput", streams=2, threads=2) as whole, \
+            Analyzer(ov_fp32.bundle) as latency:
+        assert split.info.settings["split_batches"] == 2 and whole.info.settings["split_batches"] == 1
+        assert latency.info.settings["split_batches"] == 1  # the latency hint: one request per batch
+        got = [list(a.stream(posts, batch_size=5)) for a in (split, whole, latency)]
+    first, last = got[2][0].tasks["emotion"].probs, got[2][4].tasks["emotion"].probs
+    assert max(abs(first[k] - last[k]) for k in first) > 1e-3  # the posts differ: an order slip would show
+    for rs in got[1:]:  # parts of 3 + 2 posts, concatenated in order: the same answers, post by post
+        for r0, r in zip(got[0], rs, strict=True):
+            for t in r0.tasks:
+                assert max(abs(r0.tasks[t].probs[k] - r.tasks[t].probs[k]) for k in r0.tasks[t].probs) <= 1e-4

@@ -6,13 +6,18 @@ OpenVINO also reads an ONNX bundle's FP32 / FP16 model.onnx directly; the onnxru
 
 Compiled models are cached (OpenVINO's CACHE_DIR: the bundle's engines/openvino/ when writable, else the
 user cache), so a second process skips compilation. One infer request per stream, handed out through a
-queue, makes `run` thread-safe. openvino is imported lazily, so `import sdk` stays light.
+queue, makes `run` thread-safe. With the throughput hint and several streams, one batch is split over the
+streams and its parts run in parallel (`split_batches`): on 2 cores, 2 streams of 1 thread each ran a
+batch of 16 posts of the edge INT8 bundle 1.08x faster than one request on 2 threads, because attention,
+transposes and normalisations parallelise worse within one request than GEMMs do. openvino is imported
+lazily, so `import sdk` stays light.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 from typing import Any
 
 import numpy as np
@@ -50,6 +55,8 @@ class OpenVINOBackend(Backend):
     - `hint`: "latency" (default: one stream, every thread on each batch; what micro-batched serving and
       `sydes analyze` want on a small CPU) or "throughput" (several streams, batches in parallel);
     - `streams`: explicit NUM_STREAMS (overrides the hint's choice);
+    - `split_batches`: split each batch over the streams and run the parts in parallel (default: on with
+      the throughput hint and >= 2 streams; every output must be batch-first);
     - `inference_precision`: "f32" | "bf16" | "f16"; default "f32" for FP32 bundles (so a CPU with AMX or
       an iGPU does not quietly run them at reduced precision), the device's default otherwise;
     - `cache`: False disables the compiled-model cache.
@@ -111,10 +118,18 @@ class OpenVINOBackend(Backend):
             self._requests.put(self.compiled.create_infer_request())
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        streams = int(self.compiled.get_property("NUM_STREAMS"))
+        batch_first = all(p.get_partial_shape().rank.is_static and p.get_partial_shape().rank.get_length() >= 1
+                          and p.get_partial_shape()[0].is_dynamic for p in [*self.compiled.inputs, *self.compiled.outputs])
+        split = self.options.get("split_batches", cfg["PERFORMANCE_HINT"] == "THROUGHPUT")
+        if split and not batch_first:
+            raise ConfigError("split_batches needs a graph whose every input and output has a dynamic batch axis first")
+        self._split = min(streams, n) if split and streams > 1 and n > 1 else 1
+        self._split_lock = threading.Lock()  # one caller at a time takes several requests: no deadlock
         self.providers = [f"OpenVINO {ov.__version__.split('-')[0]} {device}"]
         self.resolved_device = str(self.device) if self.device.kind != "auto" else "cpu"
         self.settings = {"device": device, "cache_dir": str(cache) if cache else None, "requests": n,
-                         "streams": int(self.compiled.get_property("NUM_STREAMS")),
+                         "streams": streams, "split_batches": self._split,
                          "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
                          if device == "CPU" else None,
                          "inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
@@ -122,6 +137,9 @@ class OpenVINOBackend(Backend):
         log.debug("openvino compiled model: %s", self.settings)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = len(next(iter(feeds.values())))
+        if self._split > 1 and batch > 1:
+            return self._run_split(feeds, min(self._split, batch))
         req = self._requests.get()
         try:
             req.infer({n: np.ascontiguousarray(feeds[n]) for n in self.input_names})
@@ -129,6 +147,22 @@ class OpenVINOBackend(Backend):
             return {n: np.array(req.get_tensor(n).data, copy=True) for n in self.output_names}
         finally:
             self._requests.put(req)
+
+    def _run_split(self, feeds: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+        """The batch cut into `k` contiguous parts, one infer request (stream) each, run in parallel and
+        concatenated in order."""
+        with self._split_lock:
+            reqs = [self._requests.get() for _ in range(k)]
+        try:
+            bounds = np.linspace(0, len(next(iter(feeds.values()))), k + 1).astype(int)
+            for r, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
+                r.start_async({n: np.ascontiguousarray(feeds[n][lo:hi]) for n in self.input_names})
+            for r in reqs:
+                r.wait()
+            return {n: np.concatenate([np.array(r.get_tensor(n).data, copy=True) for r in reqs]) for n in self.output_names}
+        finally:
+            for r in reqs:
+                self._requests.put(r)
 
     def _close(self) -> None:
         self._requests = queue.Queue()
