@@ -182,6 +182,8 @@ def test_throughput_hint_splits_a_batch_over_the_streams(ov_fp32) -> None:
         got = [list(a.stream(posts, batch_size=5)) for a in (split, whole, latency)]
     first, last = got[2][0].tasks["emotion"].probs, got[2][4].tasks["emotion"].probs
     assert max(abs(first[k] - last[k]) for k in first) > 1e-3  # the posts differ: an order slip would show
+    with pytest.raises(ConfigError, match="split_batches needs >= 2 streams"):
+        Analyzer(ov_fp32.bundle, split_batches=True, hint="latency")
     for rs in got[1:]:  # parts of 3 + 2 posts, concatenated in order: the same answers, post by post
         for r0, r in zip(got[0], rs, strict=True):
             for t in r0.tasks:

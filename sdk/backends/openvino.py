@@ -122,6 +122,9 @@ class OpenVINOBackend(Backend):
         batch_first = all(p.get_partial_shape().rank.is_static and p.get_partial_shape().rank.get_length() >= 1
                           and p.get_partial_shape()[0].is_dynamic for p in [*self.compiled.inputs, *self.compiled.outputs])
         split = self.options.get("split_batches", cfg["PERFORMANCE_HINT"] == "THROUGHPUT")
+        if self.options.get("split_batches") and (streams < 2 or n < 2):
+            raise ConfigError(f"split_batches needs >= 2 streams, the compiled model has {streams}: pass "
+                              "hint='throughput' or streams=N")
         if split and not batch_first:
             raise ConfigError("split_batches needs a graph whose every input and output has a dynamic batch axis first")
         self._split = min(streams, n) if split and streams > 1 and n > 1 else 1
