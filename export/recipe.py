@@ -313,11 +313,14 @@ class Recipe:
 
     # ---- decoding, best, int8 -------------------------------------------------------------------
     def _decoding(self, names: list[str]) -> dict[str, Any]:
-        from training.recipe_report import decoding_table
+        from training.recipe_report import decoding_table, margins
 
         _, select, dev = self._records()
         probs = {n: dict(np.load(self.out / n / "probs.npz")) for n in names}
-        return {"models": {n: decoding_table(self._structure(), self._tasks(), probs[n], select, dev) for n in names}}
+        models = {n: decoding_table(self._structure(), self._tasks(), probs[n], select, dev) for n in names}
+        margin = (margins(self._structure(), self._tasks(), probs, {n: d["chosen"] for n, d in models.items()}, dev)
+                  if "baseline" in names and len(names) > 1 else {})  # reported, never used to choose
+        return {"models": models, "margins": margin}
 
     def _best(self, decoding: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
         from training.checkpoints import set_label_structure
@@ -387,7 +390,8 @@ class Recipe:
         if o.int8 and image_preset:  # the text-only family has no exporter yet (see README)
             int8 = self._stage("int8", self._int8)
         stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted(self.stages.glob("*.json"), key=lambda p: p.stat().st_mtime)}
-        return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages)
+        return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages,
+                            decoding.get("margins"))
 
 
 def _blank(records: Any) -> Any:

@@ -43,6 +43,8 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
         assert (run / f).is_file(), f
     md = (run / "report.md").read_text()
     assert "text-only (baseline)" in md and "contradicting answers" in md and "INT8 bundle" in md
+    assert "Dev margin of model over the text-only baseline" in md and "paired bootstrap" in md
+    assert set(report["margins"]) == {"model", "warm-text", "structure-loss"}
     # selection never saw dev; the table is learnt from the fit rows only
     split = json.loads((run / "stages" / "data.json").read_text())
     assert len(split["fit"]) + len(split["select"]) == 40 and split["dev"] == 16
@@ -75,6 +77,26 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert (run / "model" / "best" / "model.safetensors").stat().st_mtime == mtime
     with pytest.raises(ConfigError, match="other options"):
         Recipe(data, run, RecipeOptions(preset="tiny_vit_bert", epochs=2, progress=False))
+
+
+def test_paired_bootstrap_of_the_margin() -> None:
+    from sdk.metrics import macro_f1
+    from training.recipe_report import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    tasks = {"a": ["x", "y", "z"], "b": ["u", "v"]}
+    truth = {"a": rng.integers(0, 3, 400), "b": rng.integers(0, 2, 400)}
+    noisy = {t: np.where(rng.random(400) < 0.5, y, rng.integers(0, len(tasks[t]), 400)) for t, y in truth.items()}
+    better = {t: np.where(rng.random(400) < 0.5, y, p) for (t, y), p in zip(truth.items(), noisy.values(), strict=True)}
+    same = paired_bootstrap(truth, noisy, noisy, tasks, resamples=200)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    m = paired_bootstrap(truth, better, noisy, tasks, resamples=300, seed=1)
+    expected = 100 * np.mean([macro_f1(truth[t], better[t], len(k)) - macro_f1(truth[t], noisy[t], len(k))
+                              for t, k in tasks.items()])
+    assert m["difference"] == pytest.approx(expected, abs=1e-9)
+    assert 0 < m["low"] < m["difference"] < m["high"] and m["share_above_zero"] == 1.0
+    flipped = paired_bootstrap(truth, noisy, better, tasks, resamples=300, seed=1)
+    assert flipped["difference"] == pytest.approx(-m["difference"]) and flipped["high"] == pytest.approx(-m["low"])
 
 
 def test_recipe_options_are_checked() -> None:

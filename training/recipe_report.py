@@ -24,15 +24,56 @@ def _truth(records: Any, tasks: dict[str, list[str]]) -> dict[str, np.ndarray]:
     return {t: np.array([e.labels[t] for e in records.examples]) for t in tasks}
 
 
+def predictions(structure: Any, probs: dict[str, np.ndarray], mode: str) -> dict[str, np.ndarray]:
+    """{task: [N] label index} under decoding `mode` (one of MODES)."""
+    if mode == "independent":
+        return {t: p.argmax(axis=1) for t, p in probs.items()}
+    return structure.decode(probs, use_prior=mode == "joint+prior")
+
+
+def _macro_f1s(truth: np.ndarray, pred: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
+    """Macro-F1 (over all k classes) of every resample: idx [R, N] post indices -> [R]."""
+    t, p = truth[idx], pred[idx]  # [R, N]
+    r = np.arange(idx.shape[0])[:, None]
+    conf = np.zeros((idx.shape[0], k, k))
+    np.add.at(conf, (np.broadcast_to(r, t.shape), t, p), 1)
+    tp = np.einsum("rkk->rk", conf)
+    prec = np.divide(tp, conf.sum(axis=1), out=np.zeros_like(tp), where=conf.sum(axis=1) > 0)
+    rec = np.divide(tp, conf.sum(axis=2), out=np.zeros_like(tp), where=conf.sum(axis=2) > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    return f1.mean(axis=1)
+
+
+def paired_bootstrap(truth: dict[str, np.ndarray], pred_a: dict[str, np.ndarray], pred_b: dict[str, np.ndarray],
+                     tasks: dict[str, list[str]], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean macro-F1 (points) of predictions a minus b on the same posts, and the 2.5 / 97.5 percentiles of
+    that difference over `resamples` bootstrap resamples of the posts (the same resample for both: paired)."""
+    n = len(next(iter(truth.values())))
+    idx = np.vstack([np.arange(n), np.random.default_rng(seed).integers(0, n, size=(resamples, n))])  # row 0: all
+    diff = np.mean([_macro_f1s(truth[t], pred_a[t], len(labels), idx) - _macro_f1s(truth[t], pred_b[t], len(labels), idx)
+                    for t, labels in tasks.items()], axis=0) * 100
+    lo, hi = np.percentile(diff[1:], [2.5, 97.5])
+    return {"difference": float(diff[0]), "low": float(lo), "high": float(hi), "resamples": resamples,
+            "share_above_zero": float(np.mean(diff[1:] > 0))}
+
+
+def margins(structure_d: dict[str, Any], tasks: dict[str, list[str]], probs: dict[str, dict[str, np.ndarray]],
+            chosen: dict[str, str], dev: Any, reference: str = "baseline") -> dict[str, Any]:
+    """Every model's dev margin over `reference`, each in its chosen decoding (paired_bootstrap)."""
+    from sdk.labels import LabelStructure
+
+    structure = LabelStructure.from_dict(structure_d, tasks)
+    truth = _truth(dev, tasks)
+    pred = {n: predictions(structure, {t: p[f"dev/{t}"] for t in tasks}, chosen[n]) for n, p in probs.items()}
+    return {n: paired_bootstrap(truth, pred[n], pred[reference], tasks) for n in probs if n != reference}
+
+
 def score(structure: Any, tasks: dict[str, list[str]], probs: dict[str, np.ndarray], truth: dict[str, np.ndarray],
           mode: str) -> dict[str, Any]:
     """Per-task macro-F1 / accuracy (%), their mean, and how many answers contradict the table."""
     from training.metrics import evaluate_predictions
 
-    if mode == "independent":
-        pred = {t: p.argmax(axis=1) for t, p in probs.items()}
-    else:
-        pred = structure.decode(probs, use_prior=mode == "joint+prior")
+    pred = predictions(structure, probs, mode)
     reps = evaluate_predictions(truth, pred, tasks)
     combos = np.stack([pred[t] for t in structure.tasks], axis=1)
     out: dict[str, Any] = {t: {"macro_f1": 100 * r["macro_f1"], "accuracy": 100 * r["accuracy"]} for t, r in reps.items()}
@@ -90,10 +131,12 @@ def _row(name: str, s: dict[str, Any], tasks: list[str], extra: str = "") -> str
 
 
 def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, Any], decoding: dict[str, Any],
-                 best: dict[str, Any], int8: dict[str, Any] | None, stages: dict[str, float]) -> dict[str, Any]:
+                 best: dict[str, Any], int8: dict[str, Any] | None, stages: dict[str, float],
+                 margin: dict[str, Any] | None = None) -> dict[str, Any]:
     tasks = list(data["label_structure"]["tasks"])
     report = {"options": dataclasses.asdict(opts), "data": {k: v for k, v in data.items() if k not in ("fit", "select")},
-              "models": trained, "decoding": decoding, "best": best, "int8": int8, "stage_seconds": stages}
+              "models": trained, "decoding": decoding, "margins": margin or {}, "best": best, "int8": int8,
+              "stage_seconds": stages}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
     head = "| model | " + " | ".join(tasks) + " | mean | GFLOP/post | params (M) | epochs run |"
     sep = "|" + "---|" * (len(tasks) + 5)
@@ -110,6 +153,11 @@ def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, 
         label = {"baseline": "text-only (baseline)", "model": opts.preset}.get(name, f"{opts.preset}: {name}")
         lines.append(_row(f"{label}, {mode}", d["dev"][mode], tasks,
                           f" {t['cost']['gflop_per_post']} | {t['cost']['params_m']} | {epochs} |"))
+    for name, m in (margin or {}).items():
+        lines += ["", f"Dev margin of {name} over the text-only baseline, each in its chosen decoding: "
+                  f"{m['difference']:+.1f} points of mean macro-F1 (95% interval {m['low']:+.1f} .. {m['high']:+.1f}, "
+                  f"paired bootstrap over the dev posts, {m['resamples']} resamples; above 0 in "
+                  f"{100 * m['share_above_zero']:.0f}% of them)."]
     sel = ", ".join(f"{n} {d['select'][d['chosen']]['mean_macro_f1']:.1f}" for n, d in decoding.items())
     lines += ["", f"RUN/best is **{best.get('candidate', 'model')}** ({best['decoding']}), the candidate best on the "
               f"selection slice (mean macro-F1 there: {sel}).", "", "## Decoding (dev)", "", "| model | decoding | " + " | ".join(tasks) +
