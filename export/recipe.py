@@ -44,8 +44,7 @@ ABLATIONS = ("global-only", "image-only")
 # Candidates for RUN/best besides the preset trained from the pretrained encoders. warm-text: the text
 # encoder starts from the fine-tuned baseline's, so the fused model does not have to relearn from the
 # image path what the text alone already gives (multimodal models under-train their stronger modality).
-# structure-loss: fine-tuned with the label-structure loss next to the CE (training.losses.structure_loss:
-# -log of the posterior mass on the valid label combinations), so that the tasks learn to agree (#13).
+# structure-loss: the CE plus training.losses.structure_loss (-log of the posterior mass on valid combinations).
 VARIANTS = ("warm-text", "structure-loss")
 STRUCTURE_LOSS_WEIGHT = 1.0
 BASELINE = "text-only"

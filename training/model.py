@@ -358,15 +358,13 @@ class SyDES(Checkpointable, nn.Module):
 
     def forward_loss(self, out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str,
                      structure: bool = False) -> dict[str, torch.Tensor]:
-        """forward_train's outputs -> the unweighted losses (training.losses.sydes_losses; `structure`: with the
-        label-structure loss)."""
+        """forward_train's outputs -> unweighted losses (training.losses; `structure`: with the structure loss)."""
         combos = label_combos(self.config.label_structure, self.config.tasks, required=True) if structure else None
         return sydes_losses(out, labels, stage, temperature=self.temperature, logit_scale=self.logit_scale,
                             patch_size=self.config.patch_size, structure=combos)
 
-    def forward_pretrain(
-        self, batch_inputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor]:
+    def forward_pretrain(self, batch_inputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor] | None = None
+                         ) -> dict[str, torch.Tensor]:
         """training_losses(..., stage="pretrain") (the name docs/contracts.md uses)."""
         return self.training_losses(batch_inputs, labels, stage="pretrain")
 
