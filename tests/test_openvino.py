@@ -188,3 +188,35 @@ def test_throughput_hint_splits_a_batch_over_the_streams(ov_fp32) -> None:
         for r0, r in zip(got[0], rs, strict=True):
             for t in r0.tasks:
                 assert max(abs(r0.tasks[t].probs[k] - r.tasks[t].probs[k]) for k in r0.tasks[t].probs) <= 1e-4
+
+
+def test_analyze_file_mode_takes_the_openvino_hint(ov_fp32, work, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from calibration.data import generated_posts
+    from sdk.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = []
+    for i, p in enumerate(generated_posts(5, seed=2)):
+        Image.fromarray(p.image).save(images / f"{i}.png")
+        lines.append(json.dumps({"id": f"p{i}", "image": f"images/{i}.png", "text": p.text}))
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("\n".join(lines) + "\n")
+    outs = {}
+    for hint in ("throughput", "latency"):
+        outs[hint] = tmp_path / f"{hint}.jsonl"
+        assert main(["analyze", str(ov_fp32.bundle), "--input", str(posts), "--output", str(outs[hint]),
+                     "--batch-size", "4", "--hint", hint, "--no-progress"]) == 0
+    rows = {h: [json.loads(x) for x in o.read_text().splitlines()] for h, o in outs.items()}
+    assert [r["id"] for r in rows["throughput"]] == [f"p{i}" for i in range(5)] and all(r["ok"] for r in rows["throughput"])
+    for a, b in zip(rows["throughput"], rows["latency"], strict=True):
+        assert a["tasks"]["emotion"]["label"] == b["tasks"]["emotion"]["label"]
+    # an ONNX bundle runs on onnxruntime under backend auto: the hint is refused before anything is written
+    onnx_b = work["root"] / "ort32.sydes"
+    if not (onnx_b / "manifest.json").is_file():
+        onnx_b = _export(work, "ort32-hint.sydes", target="cpu").bundle
+    bad_out = tmp_path / "never.jsonl"
+    assert main(["analyze", str(onnx_b), "--input", str(posts), "--output", str(bad_out), "--hint", "throughput"]) == 1
+    assert "--hint is an OpenVINO setting" in capsys.readouterr().err and not bad_out.exists()
