@@ -29,6 +29,18 @@ def test_metrics_match_sklearn(seed):
     assert np.array_equal(np.array(r["confusion"]), sk.confusion_matrix(y, p, labels=labels))
 
 
+def test_resampled_macro_f1_equals_one_call_per_resample():
+    from sdk.metrics import macro_f1, macro_f1_resampled
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, size=50)  # 5 classes, class 4 never true
+    p = np.where(rng.random(50) < 0.5, y, rng.integers(0, 5, size=50))
+    idx = rng.integers(0, 50, size=(20, 50))
+    got = macro_f1_resampled(y, p, 5, idx)
+    assert got.shape == (20,)
+    assert np.allclose(got, [macro_f1(y[i], p[i], 5) for i in idx])
+
+
 def test_missing_labels_are_left_out_and_report_formats():
     tasks = {"sentiment": ["negative", "neutral", "positive"]}
     reps = evaluate_predictions({"sentiment": np.array([0, -100, 2, 1])}, {"sentiment": np.array([0, 1, 2, 2])},

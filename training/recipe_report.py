@@ -31,27 +31,16 @@ def predictions(structure: Any, probs: dict[str, np.ndarray], mode: str) -> dict
     return structure.decode(probs, use_prior=mode == "joint+prior")
 
 
-def _macro_f1s(truth: np.ndarray, pred: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
-    """Macro-F1 (over all k classes) of every resample: idx [R, N] post indices -> [R]."""
-    t, p = truth[idx], pred[idx]  # [R, N]
-    r = np.arange(idx.shape[0])[:, None]
-    conf = np.zeros((idx.shape[0], k, k))
-    np.add.at(conf, (np.broadcast_to(r, t.shape), t, p), 1)
-    tp = np.einsum("rkk->rk", conf)
-    prec = np.divide(tp, conf.sum(axis=1), out=np.zeros_like(tp), where=conf.sum(axis=1) > 0)
-    rec = np.divide(tp, conf.sum(axis=2), out=np.zeros_like(tp), where=conf.sum(axis=2) > 0)
-    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
-    return f1.mean(axis=1)
-
-
 def paired_bootstrap(truth: dict[str, np.ndarray], pred_a: dict[str, np.ndarray], pred_b: dict[str, np.ndarray],
                      tasks: dict[str, list[str]], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
     """Mean macro-F1 (points) of predictions a minus b on the same posts, and the 2.5 / 97.5 percentiles of
     that difference over `resamples` bootstrap resamples of the posts (the same resample for both: paired)."""
+    from sdk.metrics import macro_f1_resampled
+
     n = len(next(iter(truth.values())))
     idx = np.vstack([np.arange(n), np.random.default_rng(seed).integers(0, n, size=(resamples, n))])  # row 0: all
-    diff = np.mean([_macro_f1s(truth[t], pred_a[t], len(labels), idx) - _macro_f1s(truth[t], pred_b[t], len(labels), idx)
-                    for t, labels in tasks.items()], axis=0) * 100
+    diff = np.mean([macro_f1_resampled(truth[t], pred_a[t], len(labels), idx)
+                    - macro_f1_resampled(truth[t], pred_b[t], len(labels), idx) for t, labels in tasks.items()], axis=0) * 100
     lo, hi = np.percentile(diff[1:], [2.5, 97.5])
     return {"difference": float(diff[0]), "low": float(lo), "high": float(hi), "resamples": resamples,
             "share_above_zero": float(np.mean(diff[1:] > 0))}

@@ -142,7 +142,7 @@ class OpenVINOBackend(Backend):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = len(next(iter(feeds.values())))
         if self._split > 1 and batch > 1:
-            return self._run_split(feeds, min(self._split, batch))
+            return self._run_split(feeds, batch, min(self._split, batch))
         req = self._requests.get()
         try:
             req.infer({n: np.ascontiguousarray(feeds[n]) for n in self.input_names})
@@ -151,13 +151,13 @@ class OpenVINOBackend(Backend):
         finally:
             self._requests.put(req)
 
-    def _run_split(self, feeds: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    def _run_split(self, feeds: dict[str, np.ndarray], batch: int, k: int) -> dict[str, np.ndarray]:
         """The batch cut into `k` contiguous parts, one infer request (stream) each, run in parallel and
         concatenated in order."""
         with self._split_lock:
             reqs = [self._requests.get() for _ in range(k)]
         try:
-            bounds = np.linspace(0, len(next(iter(feeds.values()))), k + 1).astype(int)
+            bounds = np.linspace(0, batch, k + 1).astype(int)
             for r, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
                 r.start_async({n: np.ascontiguousarray(feeds[n][lo:hi]) for n in self.input_names})
             for r in reqs:
