@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from calibration.data import Post, data_fingerprint
-from sdk.bundle import INPUT_NAMES  # noqa: E402,F401  (the one definition)
+from sdk.bundle import INPUT_NAMES, TEXT_INPUT_NAMES  # noqa: E402,F401  (the one definition)
 from sdk.errors import ConfigError
 
 
@@ -31,7 +31,8 @@ class SydesCalibrationReader:
     """Posts -> feeds {global_pixels u8 [B,224,224,3], canvas_pixels u8 [B,448,448,3],
     input_ids i64 [B,L], attention_mask i64 [B,L]}.
 
-    preprocess_cfg: sdk.preprocess.PreprocessConfig (or its dict); tokenizer: sdk.tokenizer.Tokenizer
+    preprocess_cfg: sdk.preprocess.PreprocessConfig (or its dict), or None for a text-only graph (feeds
+    {input_ids, attention_mask} alone; the posts' images are not read); tokenizer: sdk.tokenizer.Tokenizer
     (anything with encode_batch(texts) -> (ids, mask)). trim: True drops the all-pad token columns of
     each batch as the runtime does (its manifest says trim_padding); "dataset" cuts every batch to the
     longest text of all posts (one shape for all batches: onnxruntime's histogram calibrators stack the
@@ -40,13 +41,16 @@ class SydesCalibrationReader:
     """
 
     def __init__(self, posts: Sequence[Post], preprocess_cfg: Any, tokenizer: Any, batch_size: int = 1,
-                 trim: bool | str = True, input_names: Sequence[str] = INPUT_NAMES) -> None:
+                 trim: bool | str = True, input_names: Sequence[str] | None = None) -> None:
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         if not posts:
             raise ConfigError("the calibration reader got no posts")
-        if len(input_names) != 4:
-            raise ConfigError(f"expected 4 input names (pixels, canvas, ids, mask), got {list(input_names)}")
+        images = preprocess_cfg is not None
+        input_names = tuple(input_names or (INPUT_NAMES if images else TEXT_INPUT_NAMES))
+        if len(input_names) != (4 if images else 2):
+            raise ConfigError(f"expected {'4 input names (pixels, canvas, ids, mask)' if images else '2 input names (ids, mask)'}"
+                              f", got {list(input_names)}")
         from sdk.preprocess import PreprocessConfig
 
         if isinstance(preprocess_cfg, dict):
@@ -73,17 +77,19 @@ class SydesCalibrationReader:
         """One batch of posts -> the graph's input dict."""
         from sdk.preprocess import preprocess
 
-        views = [preprocess(p.image, self.cfg) for p in posts]
-        g = np.stack([v[0] for v in views]).astype(np.uint8, copy=False)
-        c = np.stack([v[1] for v in views]).astype(np.uint8, copy=False)
         ids, mask = self.tokenizer.encode_batch([p.text for p in posts])
         if self._length is not None:
             ids, mask = ids[:, :self._length], mask[:, :self._length]
         elif self.trim and hasattr(self.tokenizer, "trim"):
             ids, mask = self.tokenizer.trim(ids, mask)
-        names = self.input_names
-        return {names[0]: g, names[1]: c, names[2]: np.ascontiguousarray(ids, dtype=np.int64),
-                names[3]: np.ascontiguousarray(mask, dtype=np.int64)}
+        *pix, t_ids, t_mask = self.input_names
+        out = {t_ids: np.ascontiguousarray(ids, dtype=np.int64), t_mask: np.ascontiguousarray(mask, dtype=np.int64)}
+        if self.cfg is None:  # a text-only graph
+            return out
+        views = [preprocess(p.image, self.cfg) for p in posts]
+        g = np.stack([v[0] for v in views]).astype(np.uint8, copy=False)
+        c = np.stack([v[1] for v in views]).astype(np.uint8, copy=False)
+        return {pix[0]: g, pix[1]: c, **out}
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         """A fresh iterator over all batches (independent of get_next / rewind)."""
@@ -106,7 +112,7 @@ class SydesCalibrationReader:
         """sha256 over the samples, the preprocessing config, the tokenizer and the batching: what
         decides the activation ranges apart from the graph and the method."""
         h = hashlib.sha256(data_fingerprint(self.posts).encode())
-        h.update(json.dumps(_cfg_dict(self.cfg), sort_keys=True, default=str).encode())
+        h.update(json.dumps(_cfg_dict(self.cfg) if self.cfg is not None else None, sort_keys=True, default=str).encode())
         tok_id = getattr(self.tokenizer, "fingerprint", None)
         tok_desc = tok_id() if callable(tok_id) else (type(self.tokenizer).__name__,
                                                       getattr(self.tokenizer, "kind", None),

@@ -20,7 +20,7 @@ from sdk.bundle import SCHEMA, SCHEMA_VERSION, Bundle
 
 
 def bundle_manifest(*, name: str, labels: dict[str, Any], precision: str, inputs: list[dict[str, Any]],
-                    outputs: list[dict[str, Any]], tokenizer: dict[str, Any], preprocess: dict[str, Any],
+                    outputs: list[dict[str, Any]], tokenizer: dict[str, Any], preprocess: dict[str, Any] | None,
                     provenance: dict[str, Any], validation: dict[str, Any], calibration_report: dict[str, Any] | None,
                     label_structure: dict[str, Any] | None) -> dict[str, Any]:
     """manifest.json's content (docs/contracts.md) but its file records, which `write_bundle` adds."""

@@ -73,7 +73,7 @@ def check_models(models: Sequence[Any], tokenizer_file: str | Path | None) -> Pa
     """Models exported together share preprocessing and tokenizer settings; -> the tokenizer file."""
     cfg0 = models[0].config
     for m in models[1:]:
-        if m.config.preprocess != cfg0.preprocess or m.config.tokenizer != cfg0.tokenizer:
+        if getattr(m.config, "preprocess", None) != getattr(cfg0, "preprocess", None) or m.config.tokenizer != cfg0.tokenizer:
             raise ExportError("checkpoints exported together must share preprocessing and tokenizer settings "
                               "(kind, max length, text fields)")
     if tokenizer_file is None or not Path(tokenizer_file).is_file():
@@ -95,7 +95,8 @@ def check_with_analyzer(bundle: Path | Bundle, graph: Any, pcfg: Any, tokenizer:
                         backend: str = "onnxruntime") -> dict[str, Any]:
     """Open the bundle as a user would (sdk.Analyzer: its own preprocessing and tokenisation; a folder is
     also validated and hash-checked, a Bundle was when it was opened) and compare one post's probabilities
-    with the torch model's. With `tolerance` (FP32) a larger difference is an ExportValidationError."""
+    with the torch model's. With `tolerance` (FP32) a larger difference is an ExportValidationError.
+    `pcfg` None: a text-only graph (the Analyzer is given no image)."""
     from calibration.data import generated_posts
     from calibration.reader import SydesCalibrationReader
     from export.verify import CAPTIONS, torch_probs
@@ -106,7 +107,7 @@ def check_with_analyzer(bundle: Path | Bundle, graph: Any, pcfg: Any, tokenizer:
     ref = torch_probs(graph, [SydesCalibrationReader([post], pcfg, tokenizer).feed([post])])
     with Analyzer(bundle, backend=backend, device="cpu", warmup=False, fast_decode=False) as a:
         backend = a.info.backend
-        res = a.analyze(post.image, post.text)
+        res = a.analyze(post.image if pcfg is not None else None, post.text)
     if not res.ok:
         raise ExportError(f"the written bundle does not run in sdk.Analyzer: {res.error}")
     diff = {}

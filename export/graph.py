@@ -2,7 +2,8 @@
 
 `ExportGraph` wraps one SyDES model (all its tasks) or several single-task models that share their image
 encoder: then the tiler and the image encoder run once and each model contributes its text encoder,
-decoder, pooling and head (a multi-task graph from task-specific fine-tunes).
+decoder, pooling and head (a multi-task graph from task-specific fine-tunes). `TextExportGraph` wraps one
+text-only model (training.text_model): ids + mask -> probabilities, no image inputs. `export_graph` picks.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from sdk.bundle import INPUT_NAMES  # noqa: E402,F401  (the one definition)
+from sdk.bundle import INPUT_NAMES, TEXT_INPUT_NAMES  # noqa: E402,F401  (the one definition)
 
 
 class ExportGraph(nn.Module):
     """forward(global_pixels u8 [B,224,224,3], canvas_pixels u8 [B,448,448,3], input_ids i64 [B,L],
     attention_mask i64 [B,L]) -> tuple of probs f32 [B, C_task], one per task in `self.tasks` order."""
+
+    input_names: tuple[str, ...] = INPUT_NAMES  # the forward's arguments, in order
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -57,6 +60,32 @@ class ExportGraph(nn.Module):
                 logits.update(m.head(m.encode(input_ids, attention_mask, image_features=feats)))
         # softmax in float32 even when the model ran in another precision
         return tuple(torch.softmax(logits[t].float(), dim=-1) for t in self.tasks)
+
+
+class TextExportGraph(ExportGraph):
+    """forward(input_ids i64 [B,L], attention_mask i64 [B,L]) -> tuple of probs f32 [B, C_task]: one
+    text-only model, no image inputs."""
+
+    input_names = TEXT_INPUT_NAMES
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        if len(models) > 1:
+            raise ExportError("a text-only bundle holds one checkpoint (there is no image encoder to share)")
+        super().__init__(models)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        logits = self.models[0](input_ids, attention_mask)
+        return tuple(torch.softmax(logits[t].float(), dim=-1) for t in self.tasks)
+
+
+def export_graph(models: Sequence[nn.Module]) -> ExportGraph:
+    """The graph for `models`: ExportGraph for SyDES models, TextExportGraph for one text-only model."""
+    images = [getattr(m, "uses_images", True) for m in models]
+    if images and not any(images):
+        return TextExportGraph(models)
+    if not all(images):
+        raise ExportError("a text-only checkpoint cannot be exported together with image models")
+    return ExportGraph(models)
 
 
 SHARED_PREFIXES = ("image_encoder.",)
@@ -156,11 +185,13 @@ def export_onnx(graph: ExportGraph, example: dict[str, Any], path: str | Path, o
     from torch.export import Dim
 
     path = Path(path)
-    args = tuple(torch.as_tensor(example[n]) for n in INPUT_NAMES)
+    names = list(graph.input_names)
+    args = tuple(torch.as_tensor(example[n]) for n in names)
     batch = Dim("batch", min=1, max=max_batch)
     seq = Dim("seq", min=2, max=max_length)
-    dynamic_shapes = {"global_pixels": {0: batch}, "canvas_pixels": {0: batch},
-                      "input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    axes = {"global_pixels": {0: batch}, "canvas_pixels": {0: batch},
+            "input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    dynamic_shapes = {n: axes[n] for n in names}
     graph.eval()
     import logging
 
@@ -168,7 +199,7 @@ def export_onnx(graph: ExportGraph, example: dict[str, Any], path: str | Path, o
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         with torch.no_grad():
-            prog = torch.onnx.export(graph, args, dynamo=True, input_names=list(INPUT_NAMES),
+            prog = torch.onnx.export(graph, args, dynamo=True, input_names=names,
                                      output_names=graph.output_names, opset_version=opset,
                                      dynamic_shapes=dynamic_shapes, external_data=False, optimize=True,
                                      verbose=False)

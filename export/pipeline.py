@@ -1,7 +1,9 @@
 """checkpoint(s) -> verified bundle: the whole export, step by step.
 
-1. load the checkpoint(s) (several single-task ones must share identical image-encoder weights);
-2. torch.onnx.export (dynamo) of ExportGraph: uint8 pixels + ids -> probs_<task>, dynamic batch / length;
+1. load the checkpoint(s) (several single-task ones must share identical image-encoder weights; a text-only
+   checkpoint is exported alone);
+2. torch.onnx.export (dynamo) of ExportGraph: uint8 pixels + ids -> probs_<task>, dynamic batch / length
+   (TextExportGraph for a text-only model: ids + mask -> probs_<task>; the manifest's preprocess is null);
 3. verify the raw graph against torch (FP32 max |dp| <= tolerance, else ExportValidationError);
 4. optimise (portable onnxruntime basic level; with --fusions, for --target cpu, onnxruntime.transformers'
    contrib-op fusions when they apply and verify);
@@ -287,7 +289,7 @@ def _manifest(job: _Job, name: str, models: Sequence[Any], checkpoints: Sequence
     return bundle_manifest(name=name, labels=graph.labels, precision=opts.precision, inputs=inputs, outputs=outputs,
                            tokenizer={"kind": tok.kind, "max_length": int(tok.max_length), "trim_padding": True,
                                       **tok.text_recipe().to_dict()},
-                           preprocess=job.pcfg.to_dict(), provenance=provenance, validation=validation,
+                           preprocess=job.pcfg.to_dict() if job.pcfg is not None else None, provenance=provenance, validation=validation,
                            calibration_report=calib_report, label_structure=label_structure(models, graph.labels))
 
 
@@ -304,16 +306,17 @@ def _export(models: Sequence[Any], output: Path, opts: ExportOptions, tokenizer_
             checkpoints: Sequence[dict[str, Any]]) -> ExportReport:
     """The stages, in order, on checked options and models."""
     from calibration.cache import cache_root
-    from export.graph import ExportGraph
+    from export.graph import export_graph
     from export.verify import compare, onnx_probs, torch_probs, verification_feeds
     from sdk.preprocess import PreprocessConfig
     from sdk.tokenizer import Tokenizer
 
+    graph = export_graph(list(models)).eval()
     cfg0 = models[0].config
-    pcfg = PreprocessConfig.from_dict(cfg0.preprocess)
+    # a text-only graph has no image to preprocess (and its manifest says so: "preprocess": null)
+    pcfg = PreprocessConfig.from_dict(cfg0.preprocess) if "global_pixels" in graph.input_names else None
     tokenizer = Tokenizer.from_file(tokenizer_file, max_length=int(cfg0.tokenizer.max_length),
                                     kind=cfg0.tokenizer.kind)
-    graph = ExportGraph(list(models)).eval()
     sw = Stopwatch(opts.progress)
     with tempfile.TemporaryDirectory(prefix="sydes-export.") as tmp:
         job = _Job(opts, graph, pcfg, tokenizer, verification_feeds(pcfg, tokenizer), Path(tmp),
@@ -360,7 +363,7 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
     from export.errors import SharedEncoderMismatchError
     from export.graph import shared_encoder_mismatch
     from sdk.errors import CheckpointError
-    from training.model import SyDES
+    from training.checkpoints import load_model
 
     opts = check_options(opts or ExportOptions())
     paths = [Path(c) for c in checkpoints]
@@ -373,7 +376,7 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
     for p in paths:
         if not p.is_dir():
             raise CheckpointError(f"checkpoint {p} is not a folder (expected config.json + model.safetensors)")
-        models.append(SyDES.from_pretrained(p).eval())
+        models.append(load_model(p).eval())  # the family config.json names (SyDES or text-only)
     if len(models) > 1:
         bad = shared_encoder_mismatch(models, [str(p) for p in paths])
         if bad:

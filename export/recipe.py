@@ -386,7 +386,7 @@ class Recipe:
                 (self.stages / f"{stale}.json").unlink(missing_ok=True)
         best = self._stage("best", lambda: self._best(decoding, trained))
         int8 = None
-        if o.int8 and image_preset:  # the text-only family has no exporter yet (see README)
+        if o.int8:
             int8 = self._stage("int8", self._int8)
         stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted(self.stages.glob("*.json"), key=lambda p: p.stat().st_mtime)}
         return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.graph import INPUT_NAMES, ExportGraph
+from export.graph import ExportGraph
 
 # Captions in the style of social-media posts (written for this purpose; no data set text).
 CAPTIONS = (
@@ -37,7 +37,8 @@ def verification_feeds(preprocess_cfg: Any, tokenizer: Any, batch_sizes: Sequenc
     """Feeds of generated images + captions, one dict per batch, preprocessed like the runtime.
 
     Default batches: 5 posts (mixed lengths), 1 post, and 1 post with an empty caption (the shortest
-    text, [BOS, EOS]: length 2 after trimming), so batch and length axes are exercised at their edges."""
+    text, [BOS, EOS]: length 2 after trimming), so batch and length axes are exercised at their edges.
+    `preprocess_cfg` None: text feeds alone (a text-only graph)."""
     from calibration.data import Post, generated_posts
     from calibration.reader import SydesCalibrationReader
 
@@ -59,7 +60,7 @@ def torch_probs(graph: ExportGraph, feeds: Sequence[dict[str, np.ndarray]]) -> d
     out: dict[str, list[np.ndarray]] = {t: [] for t in graph.tasks}
     with torch.no_grad():
         for feed in feeds:
-            probs = graph(*(torch.as_tensor(feed[n]) for n in INPUT_NAMES))
+            probs = graph(*(torch.as_tensor(feed[n]) for n in graph.input_names))
             for t, p in zip(graph.tasks, probs, strict=True):
                 out[t].append(p.float().numpy())
     return {t: np.concatenate(v) for t, v in out.items()}

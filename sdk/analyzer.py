@@ -8,6 +8,9 @@ threads while the model runs, results in input order, bounded memory) and `submi
 share model batches through a MicroBatcher). Every call is thread-safe. A bad item gets a Result with
 `error` / `error_type`; the other items are still answered.
 
+A text-only bundle (`sydes export` of a `--preset text-only` checkpoint) reads no image: pass `image=None`
+(`az.analyze(None, "what a day")`); an image given to it is not decoded, and `info.uses_images` says so.
+
 Memory under load is bounded by `max_queued`: at most that many submitted posts are in flight (queued for
 decoding, decoded, or in a batch). A queued post holds what the caller passed (its encoded bytes or path):
 it is decoded only once admitted and only as the batcher has room (its queue holds two batches), so the
@@ -35,8 +38,9 @@ from sdk.results import Result, TaskResult
 
 log = logging.getLogger("sdk.analyzer")
 
-# A preprocessed item: (global view u8 [224,224,3], canvas u8 [448,448,3], text); or the error it raised.
-Prepared = tuple[np.ndarray, np.ndarray, str]
+# A preprocessed item: (global view u8 [224,224,3], canvas u8 [448,448,3], text) (views None for a text-only
+# bundle); or the error it raised.
+Prepared = tuple[np.ndarray | None, np.ndarray | None, str]
 
 
 @dataclass(frozen=True)
@@ -54,17 +58,21 @@ class AnalyzerInfo:
     decoding: str = "independent"  # "independent" | "joint" | "joint+prior" (sdk.labels)
     max_queued: int = 0  # submit(): posts in flight at most (backpressure / OverloadedError beyond)
     settings: dict[str, Any] = field(default_factory=dict)  # the backend's tuned settings (threads, streams, ...)
+    uses_images: bool = True  # False: a text-only bundle (image arguments are not read)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _split_item(item: Any) -> tuple[Any, Any]:
-    """(image, text) from a pair or a {"image", "text"} mapping."""
+def _split_item(item: Any, images: bool = True) -> tuple[Any, Any]:
+    """(image, text) from a pair or a {"image", "text"} mapping; without `images` (a text-only bundle) also
+    from a plain string or a mapping without "image"."""
+    if not images and isinstance(item, str):
+        return None, item
     if isinstance(item, dict):
-        if "image" not in item:
+        if "image" not in item and images:
             raise InputTypeError(f"item dict has no 'image' key (keys: {sorted(map(str, item))})")
-        return item["image"], item.get("text")
+        return item.get("image"), item.get("text")
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return item[0], item[1]
     raise InputTypeError(f"each item must be an (image, text) pair or a {{'image', 'text'}} dict, "
@@ -90,7 +98,8 @@ class Analyzer:
             raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
         m = self.bundle.manifest
-        self.preprocess_config = self.bundle.preprocess_config()
+        self.preprocess_config = self.bundle.preprocess_config()  # None: a text-only bundle
+        self.uses_images = self.preprocess_config is not None
         self.tokenizer = Tokenizer.from_file(self.bundle.tokenizer_path, max_length=m.tokenizer.max_length,
                                              kind=m.tokenizer.kind)
         self._preprocess = preprocess
@@ -100,7 +109,7 @@ class Analyzer:
         self.fast_decode = fast_decode
         self.require_text = require_text
         # fast_decode: JPEGs decode at a reduced DCT scale that still leaves >= 2x the global view's size.
-        self._reduce_for = self.preprocess_config.global_size if fast_decode else None
+        self._reduce_for = self.preprocess_config.global_size if fast_decode and self.uses_images else None
         self.trim = m.tokenizer.trim_padding
         self.backend = create_backend(self.bundle, device, backend, providers=providers, threads=threads,
                                       max_batch_size=max_batch_size, **backend_options)
@@ -137,6 +146,7 @@ class Analyzer:
             trim_padding=self.trim, fast_decode=self.fast_decode, max_queued=self.max_queued,
             settings=dict(getattr(self.backend, "settings", {}) or {}),
             decoding="independent" if self.label_structure is None else ("joint+prior" if self.joint_prior else "joint"),
+            uses_images=self.uses_images,
         )
 
     def __repr__(self) -> str:
@@ -178,6 +188,8 @@ class Analyzer:
     def _prepare(self, image: Any, text: Any) -> Prepared:
         """Validate + decode + make views of one item; raises an InputError for a bad one."""
         text = self.tokenizer.check_text(text, require_text=self.require_text)
+        if not self.uses_images:  # a text-only bundle: the image (if any) is not read
+            return None, None, text
         if image is None:
             raise InputTypeError("image is None")
         g, c = self._preprocess(image, self.preprocess_config, reduce_for=self._reduce_for)
@@ -187,7 +199,7 @@ class Analyzer:
         if isinstance(item, Exception):  # a caller that already knows an item is bad keeps its place
             return item
         try:
-            image, text = _split_item(item)
+            image, text = _split_item(item, self.uses_images)
             return self._prepare(image, text)
         except Exception as e:  # noqa: BLE001 - one bad item must not take its batch down
             return e
@@ -204,6 +216,16 @@ class Analyzer:
             self._local.bufs = bufs
         return bufs[0][:k], bufs[1][:k]
 
+    def _pixels(self, items: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's views: global u8 [B,224,224,3], canvas u8 [B,448,448,3]."""
+        if len(items) == 1:  # no copy: a view with a batch axis
+            return items[0][0][None], items[0][1][None]  # type: ignore[index]
+        g, c = self._buffers(len(items))
+        for j, it in enumerate(items):
+            g[j] = it[0]
+            c[j] = it[1]
+        return g, c
+
     def _run_prepared(self, prepared: list[Prepared | BaseException]) -> list[Result]:
         """Model pass over prepared items (errors pass through as failed Results), in order."""
         results: list[Result | None] = [None] * len(prepared)
@@ -216,18 +238,13 @@ class Analyzer:
         for start in range(0, len(good), self.max_batch_size):
             idx = good[start:start + self.max_batch_size]
             items = [prepared[i] for i in idx]
-            if len(items) == 1:  # no copy: a view with a batch axis
-                g, c = items[0][0][None], items[0][1][None]
-            else:
-                g, c = self._buffers(len(items))
-                for j, it in enumerate(items):
-                    g[j] = it[0]
-                    c[j] = it[1]
             ids, mask = self.tokenizer.encode_batch([it[2] for it in items], require_text=False)
             if self.trim:
                 ids, mask = self.tokenizer.trim(ids, mask, multiple_of=self._trim_multiple)
-            outs = self.backend.run({"global_pixels": g, "canvas_pixels": c, "input_ids": ids,
-                                     "attention_mask": mask})
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if self.uses_images:
+                feeds["global_pixels"], feeds["canvas_pixels"] = self._pixels(items)
+            outs = self.backend.run(feeds)
             probs = {t: np.asarray(outs[f"probs_{t}"], dtype=np.float32) for t in self.tasks}
             if self.label_structure is not None:  # the most probable valid combination (sdk.labels)
                 top_idx = self.label_structure.decode(probs, use_prior=self.joint_prior)
@@ -244,8 +261,9 @@ class Analyzer:
 
     def _warmup(self) -> None:
         cfg = self.preprocess_config
-        item = (np.zeros((cfg.global_size, cfg.global_size, 3), np.uint8),
-                np.zeros((cfg.canvas_size, cfg.canvas_size, 3), np.uint8), "warm up")
+        item: Prepared = (None, None, "warm up") if cfg is None else (
+            np.zeros((cfg.global_size, cfg.global_size, 3), np.uint8),
+            np.zeros((cfg.canvas_size, cfg.canvas_size, 3), np.uint8), "warm up")
         self._run_prepared([item])
 
     def _pipeline(self, items: Iterable[Any], batch_size: int, pool: ThreadPoolExecutor | None,

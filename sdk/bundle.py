@@ -25,6 +25,9 @@ SCHEMA = "sydes-bundle"
 # The graph's inputs, in the order of its signature (the one definition: export writes it, calibration feeds it,
 # the backends run it): uint8 global view [B,224,224,3], uint8 canvas [B,448,448,3], int64 ids / mask [B,L].
 INPUT_NAMES = ("global_pixels", "canvas_pixels", "input_ids", "attention_mask")
+IMAGE_INPUT_NAMES = INPUT_NAMES[:2]
+# A text-only bundle (the text-only model family, for posts without images) takes the text inputs alone.
+TEXT_INPUT_NAMES = INPUT_NAMES[2:]
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -85,7 +88,7 @@ class Manifest:
     precision: str
     graphs: dict[str, GraphSpec]
     tokenizer: TokenizerSpec
-    preprocess: dict[str, Any]
+    preprocess: dict[str, Any] | None  # None: a text-only graph
     provenance: dict[str, Any]
     validation: dict[str, Any]
     calibration_report: dict[str, Any] | None
@@ -97,6 +100,11 @@ class Manifest:
     def graph(self) -> GraphSpec:
         """The main graph ("model")."""
         return self.graphs["model"]
+
+    @property
+    def uses_images(self) -> bool:
+        """False for a text-only graph (inputs TEXT_INPUT_NAMES): it reads no image."""
+        return self.preprocess is not None
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -204,6 +212,11 @@ def validate_manifest(d: Any) -> Manifest:
             outputs=_tensors(_need(g, "outputs", w, list), f"{w}.outputs"),
             extra={k: v for k, v in g.items() if k not in ("file", "sha256", "bytes", "inputs", "outputs")},
         )
+    in_names = sorted(t.name for t in graphs["model"].inputs)
+    if in_names not in (sorted(INPUT_NAMES), sorted(TEXT_INPUT_NAMES)):
+        raise BundleError(f"manifest field 'graphs.model.inputs' names {in_names}; a bundle's graph takes "
+                          f"{list(INPUT_NAMES)} (image + text) or {list(TEXT_INPUT_NAMES)} (text-only)")
+    images = len(in_names) == len(INPUT_NAMES)
     out_names = {t.name for t in graphs["model"].outputs}
     for task in tasks:
         if f"probs_{task}" not in out_names:
@@ -230,7 +243,10 @@ def validate_manifest(d: Any) -> Manifest:
         kind=kind, max_length=max_length, trim_padding=trim, extra={k: v for k, v in tok.items() if k not in known},
         text_fields=text.fields, text_separator=text.separator,
     )
-    preprocess = _need(d, "preprocess", "", dict)
+    # a text-only graph has no image to preprocess: its manifest says "preprocess": null
+    preprocess = _need(d, "preprocess", "", dict) if images else d.get("preprocess")
+    if not images and preprocess is not None:
+        raise BundleError("manifest field 'preprocess' must be null for a text-only graph (it has no image inputs)")
     engines = d.get("engines", "engines/")
     if not isinstance(engines, str):
         raise BundleError("manifest field 'engines' must be a folder name")
@@ -246,7 +262,7 @@ def validate_manifest(d: Any) -> Manifest:
             raise BundleError(f"manifest field 'label_structure': {e}") from None
     return Manifest(
         schema_version=version, name=name, created=str(created), tasks=tasks, precision=precision,
-        graphs=graphs, tokenizer=tokenizer, preprocess=dict(preprocess),
+        graphs=graphs, tokenizer=tokenizer, preprocess=dict(preprocess) if images else None,
         provenance=dict(d.get("provenance") or {}), validation=dict(d.get("validation") or {}),
         calibration_report=calib if isinstance(calib, dict) else None, engines=engines, raw=d,
         engine_records=_engine_records(d.get("tensorrt_engines")),
@@ -334,9 +350,16 @@ class Bundle:
     def engines_dir(self) -> Path:
         return self.path / (self.manifest.engines.rstrip("/") or "engines")
 
-    def preprocess_config(self):  # -> sdk.preprocess.PreprocessConfig
+    @property
+    def uses_images(self) -> bool:
+        """False for a text-only bundle: its graph takes ids and mask alone, no image is read."""
+        return self.manifest.uses_images
+
+    def preprocess_config(self):  # -> sdk.preprocess.PreprocessConfig | None (None: a text-only bundle)
         from sdk.preprocess import PreprocessConfig
 
+        if self.manifest.preprocess is None:
+            return None
         try:
             return PreprocessConfig.from_dict(self.manifest.preprocess)
         except (TypeError, ValueError, KeyError) as e:

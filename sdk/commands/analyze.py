@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sdk.backends import BACKENDS
 
     parser.add_argument("bundle", help="the NAME.sydes/ folder")
-    parser.add_argument("image", nargs="?", help="an image file (single-post mode)")
+    parser.add_argument("image", nargs="?", help="an image file (single-post mode; a text-only bundle takes "
+                        "the TEXT alone: sydes analyze BUNDLE TEXT)")
     parser.add_argument("text", nargs="?", help="the post's text (single-post mode)")
     parser.add_argument("--input", type=Path, help="posts.jsonl, posts.csv / .tsv, or an MSED split folder "
                         "or its CSV (file mode)")
@@ -72,12 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 InputPlan = PostsPlan  # which columns hold the id, text and image path, and where relative paths start
 
 
-def plan_input(args: argparse.Namespace, text_fields: TextFields | None = None) -> InputPlan:
+def plan_input(args: argparse.Namespace, text_fields: TextFields | None = None, images: bool = True) -> InputPlan:
     """--input (a posts file, an MSED split folder or its CSV), the column flags and the bundle's
-    `text_fields` (the text is built from them where the file has them all) -> the plan."""
+    `text_fields` (the text is built from them where the file has them all) -> the plan; `images=False`
+    (a text-only bundle): the rows' images are not read, so none are needed."""
     plan = plan_posts(args.input, image_column=args.image_column, text_column=args.text_column,
                       text_fields=text_fields, id_column=args.id_column, image_pattern=args.image_pattern,
-                      image_root=args.image_root)
+                      image_root=args.image_root, images=images)
     # the reference's recipe (Caption) reading a posts file's `text` column is the usual case, not news
     if text_fields not in (None, DEFAULT_TEXT_FIELDS) and not args.text_column and plan.text_fields is None and (
             plan.text_col not in (None, *text_fields.fields)):
@@ -92,6 +94,13 @@ def bundle_text_fields(bundle: str | Path) -> TextFields:
     from sdk.bundle import load_bundle
 
     return load_bundle(bundle, verify=False).text_fields
+
+
+def bundle_uses_images(bundle: str | Path) -> bool:
+    """False for a text-only bundle (read, not verified: the Analyzer verifies the bundle)."""
+    from sdk.bundle import load_bundle
+
+    return load_bundle(bundle, verify=False).uses_images
 
 
 def iter_items(plan: InputPlan, shard: Shard) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -206,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         shard = Shard(args.num_shards, args.shard_index)
-        plan = plan_input(args, bundle_text_fields(args.bundle))
+        plan = plan_input(args, bundle_text_fields(args.bundle), bundle_uses_images(args.bundle))
         if args.engine == "ray":
             from sdk.commands.analyze_ray import run_ray
 
@@ -217,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
             return run_ray(args, plan)
         _check_hint(args)
         return _file(args, plan, shard)
-    if args.image is None or args.text is None:
-        raise ConfigError("give IMAGE and TEXT (one post) or --input FILE --output FILE (many posts)")
+    if args.image is not None and args.text is None and not bundle_uses_images(args.bundle):
+        args.image, args.text = None, args.image  # a text-only bundle: sydes analyze BUNDLE TEXT
+    elif args.image is None or args.text is None:
+        raise ConfigError("give IMAGE and TEXT (one post; TEXT alone for a text-only bundle) or --input FILE "
+                          "--output FILE (many posts)")
     return _single(args)

@@ -181,7 +181,7 @@ def stage_rows(plan: InputPlan, *, target_blocks: int, min_rows: int) -> Iterato
         if isinstance(item, Exception):
             error, etype = str(item), type(item).__name__
         else:  # sdk.posts gives str or None texts (a non-string one is the row's DataError)
-            image, text = str(item[0]), item[1]
+            image, text = (None if item[0] is None else str(item[0])), item[1]  # None: a text-only bundle
         for name, value in (("image", image), ("text", text), ("error", error), ("error_type", etype)):
             cols[name].append(value)
         if len(cols[KEY_COLUMN]) >= per_block:

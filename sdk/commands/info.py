@@ -39,7 +39,8 @@ def format_bundle(b) -> str:
     lines.append(f"tokenizer  {tk.file} ({tk.kind}, max_length {tk.max_length}, "
                  f"trim_padding {'yes' if tk.trim_padding else 'no'})")
     lines.append(f"text       {b.text_fields.describe()} (sydes analyze --input builds it so)")
-    lines.append("preprocess " + ", ".join(f"{k}={v}" for k, v in m.preprocess.items()))
+    lines.append("preprocess " + (", ".join(f"{k}={v}" for k, v in m.preprocess.items()) if m.preprocess is not None
+                                  else "none: a text-only bundle (it reads no image)"))
     prov = m.provenance
     if prov:
         pk = prov.get("packages") or {}

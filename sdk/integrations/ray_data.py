@@ -65,12 +65,15 @@ class SydesPredictor:
     def __call__(self, batch: Any) -> Any:
         """batch: pandas.DataFrame | pyarrow.Table | dict[str, np.ndarray] with N rows -> pyarrow.Table, N rows."""
         view = _BatchView(batch)
-        for col in (self.image_column, self.text_column):
+        # a text-only bundle reads no image: the batch needs no image column
+        need = (self.image_column, self.text_column) if self.analyzer.uses_images else (self.text_column,)
+        for col in need:
             if col not in view.columns:
                 raise DataError(f"the batch has no {col!r} column (columns: {', '.join(view.columns)}); "
                                 f"pass image_column= / text_column=")
-        images, texts = view.values(self.image_column), view.values(self.text_column)
         none = [None] * view.num_rows
+        images = view.values(self.image_column) if self.image_column in view.columns else none
+        texts = view.values(self.text_column)
         pre_err = view.values("error") if "error" in view.columns else none
         pre_type = view.values("error_type") if "error_type" in view.columns else none
         results: list[Result | None] = [

@@ -172,10 +172,11 @@ async def _analyze(state: ServiceState, request: Any, t0: float) -> tuple[int, d
     try:
         body = await read_body(request, cfg.max_body_bytes)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        images = getattr(az, "uses_images", True)  # a text-only bundle needs only the text
         if ctype == "application/json":
-            image, text = parse_json(body)
+            image, text = parse_json(body, images)
         elif ctype == "multipart/form-data":
-            image, text = await parse_multipart(request, body, cfg.max_body_bytes)
+            image, text = await parse_multipart(request, body, cfg.max_body_bytes, images)
         else:
             raise RequestError(415, f"Content-Type must be application/json or multipart/form-data, "
                                     f"got {ctype or 'none'!r}")

@@ -3,6 +3,7 @@
 JSON:      {"image": "<base64 of the encoded image file>", "text": "..."}
 multipart: a file part `image` (the encoded image file) and a field `text`.
 The image always reaches the Analyzer as bytes: a string from a client is never taken as a file path.
+A text-only bundle reads no image: `images=False` needs only the text (an image sent along is not read).
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def parse_json(body: bytes) -> tuple[bytes, str]:
-    """{"image": base64, "text": str} -> (image bytes, text)."""
+def parse_json(body: bytes, images: bool = True) -> tuple[bytes | None, str]:
+    """{"image": base64, "text": str} -> (image bytes, text); without `images`: (None, text)."""
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise RequestError(422, f"JSON body must be an object {{'image', 'text'}}, got {type(doc).__name__}")
+    if not images:
+        return None, _text(doc.get("text"), "JSON body")
     image = doc.get("image")
     if not isinstance(image, str) or not image:
         got = "missing" if image is None else f"a {type(image).__name__}"
@@ -67,8 +70,9 @@ def parse_json(body: bytes) -> tuple[bytes, str]:
     return data, _text(doc.get("text"), "JSON body")
 
 
-async def parse_multipart(request: Any, body: bytes, max_part: int) -> tuple[bytes, str]:
-    """A multipart/form-data body (already read under the size limit) -> (image bytes, text)."""
+async def parse_multipart(request: Any, body: bytes, max_part: int, images: bool = True) -> tuple[bytes | None, str]:
+    """A multipart/form-data body (already read under the size limit) -> (image bytes, text); without
+    `images`: (None, text)."""
     from starlette.requests import Request
 
     sent = False
@@ -85,6 +89,8 @@ async def parse_multipart(request: Any, body: bytes, max_part: int) -> tuple[byt
     except Exception as e:  # noqa: BLE001 - python-multipart / starlette raise several kinds
         raise RequestError(422, f"multipart body cannot be parsed: {e}") from None
     try:
+        if not images:
+            return None, _text(form.get("text"), "multipart body")
         image = form.get("image")
         if image is None:
             raise RequestError(422, f"multipart body has no 'image' file part (parts: {sorted(form.keys())})")

@@ -156,6 +156,9 @@ def model_configs(bundle: Bundle, opts: TritonOptions) -> dict[str, dict[str, An
     """{model name: ModelConfig as nested dicts} for the graph, the preprocessing model and the ensemble."""
     g = bundle.manifest.graph
     names = tuple(t.name for t in g.inputs)
+    if not bundle.uses_images:  # the ensemble's first step decodes and tiles an image
+        raise BundleError(f"bundle {bundle.name!r} is text-only (graph inputs {list(names)}): the Triton "
+                          "repository is an image + text ensemble; serve text-only bundles with `sydes serve`")
     if sorted(names) != sorted(INPUT_NAMES):
         raise BundleError(f"graph inputs {list(names)} are not the bundle contract's {list(INPUT_NAMES)}")
     L = bundle.manifest.tokenizer.max_length
