@@ -8,12 +8,12 @@ that was interrupted continues from its own `last/` checkpoint):
     baseline  the text-only model (same text encoder, mean pooling + a linear layer per task)
     features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
     model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
-    <variant> optional candidates for best: warm-text (the preset's text encoder starts from the baseline's)
-    <ablation> optional diagnostics of the preset (global view only, empty captions)
+    <variant> optional candidates for best (warm-text, structure-loss); <ablation> diagnostics (global-only, image-only)
     decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
     best      RUN/best/: the candidate (model or a variant) best on the selection slice, with its label
               structure and a model card
-    int8      RUN/int8.sydes exported from RUN/best and scored on dev through sdk.Analyzer
+    int8      RUN/int8.sydes exported from RUN/best and scored on dev through sdk.Analyzer; likewise
+              RUN/baseline-int8.sydes (a text-only bundle) from the baseline (stage baseline-int8)
     report    RUN/report.json and RUN/report.md (every figure on dev, the split nothing was selected on)
 
 Every model reads the text `RecipeOptions.text_fields` / `text_separator` build (default: the Caption), and
@@ -262,7 +262,7 @@ class Recipe:
 
         fit, select, dev = self._records()
         if ablation == "image-only":
-            fit, select, dev = (_blank(r) for r in (fit, select, dev))
+            fit, select, dev = (r.without_text() for r in (fit, select, dev))
         model, tok = self._build(family, variant)
         uses_images = getattr(model, "uses_images", True)
         baseline = family == BASELINE
@@ -347,13 +347,13 @@ class Recipe:
         names = ["model", *(v for v in self.opts.variants if v in models)]
         return max(names, key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
 
-    def _int8(self) -> dict[str, Any]:
+    def _int8(self, checkpoint: str = "best", bundle_name: str = "int8.sydes") -> dict[str, Any]:  # -> its dev score
         from export.pipeline import ExportOptions, export_checkpoints
         from training.recipe_report import score_bundle
 
-        bundle = self.out / "int8.sydes"
+        bundle = self.out / bundle_name
         t0 = time.perf_counter()
-        export_checkpoints([self.out / "best"], bundle, ExportOptions(
+        export_checkpoints([self.out / checkpoint], bundle, ExportOptions(
             precision="int8", calib=self.data, calib_samples=self.opts.int8_calib_samples, overwrite=True))
         export_s = time.perf_counter() - t0
         _, _, dev = self._records()
@@ -385,16 +385,12 @@ class Recipe:
             for stale in ("best", "int8"):
                 (self.stages / f"{stale}.json").unlink(missing_ok=True)
         best = self._stage("best", lambda: self._best(decoding, trained))
-        int8 = None
+        int8 = base8 = None
         if o.int8:
             int8 = self._stage("int8", self._int8)
+            if image_preset and "baseline" in trained:  # the baseline as users would deploy it too: ms/post, drop
+                base8 = self._stage("baseline-int8", lambda: self._int8("baseline/best", "baseline-int8.sydes"))
         stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted(self.stages.glob("*.json"), key=lambda p: p.stat().st_mtime)}
         return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages,
-                            decoding.get("margins"))
+                            decoding.get("margins"), base8)
 
-
-def _blank(records: Any) -> Any:
-    """The same posts with empty captions (the image-only ablation)."""
-    from training.data import Records
-
-    return Records([dataclasses.replace(e, text="") for e in records], list(records.skipped), records.source)

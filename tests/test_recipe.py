@@ -39,10 +39,13 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     recipe = Recipe(data, run, opts)
     report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
-              "best/tokenizer.json", "int8.sydes/manifest.json"):
+              "best/tokenizer.json", "int8.sydes/manifest.json", "baseline-int8.sydes/manifest.json"):
         assert (run / f).is_file(), f
     md = (run / "report.md").read_text()
     assert "text-only (baseline)" in md and "contradicting answers" in md and "INT8 bundle" in md
+    assert "The text-only baseline's INT8 bundle through sdk.Analyzer" in md
+    assert report["baseline_int8"]["modes"]["joint"]["contradictions"] == 0
+    assert json.loads((run / "baseline-int8.sydes" / "manifest.json").read_text())["preprocess"] is None
     assert "Dev margin of model over the text-only baseline" in md and "paired bootstrap" in md
     assert set(report["margins"]) == {"model", "warm-text", "structure-loss"}
     # selection never saw dev; the table is learnt from the fit rows only

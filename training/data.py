@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +66,10 @@ class Records:
 
     def __getitem__(self, i: int) -> Example:
         return self.examples[i]
+
+    def without_text(self) -> Records:
+        """The same posts with empty texts (an image-only ablation)."""
+        return Records([replace(e, text="") for e in self.examples], list(self.skipped), self.source)
 
     def report(self) -> str:
         msg = f"{self.source}: {len(self.examples)} rows read, {len(self.skipped)} skipped"

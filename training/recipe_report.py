@@ -121,11 +121,11 @@ def _row(name: str, s: dict[str, Any], tasks: list[str], extra: str = "") -> str
 
 def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, Any], decoding: dict[str, Any],
                  best: dict[str, Any], int8: dict[str, Any] | None, stages: dict[str, float],
-                 margin: dict[str, Any] | None = None) -> dict[str, Any]:
+                 margin: dict[str, Any] | None = None, baseline_int8: dict[str, Any] | None = None) -> dict[str, Any]:
     tasks = list(data["label_structure"]["tasks"])
     report = {"options": dataclasses.asdict(opts), "data": {k: v for k, v in data.items() if k not in ("fit", "select")},
               "models": trained, "decoding": decoding, "margins": margin or {}, "best": best, "int8": int8,
-              "stage_seconds": stages}
+              "baseline_int8": baseline_int8, "stage_seconds": stages}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
     head = "| model | " + " | ".join(tasks) + " | mean | GFLOP/post | params (M) | epochs run |"
     sep = "|" + "---|" * (len(tasks) + 5)
@@ -156,19 +156,26 @@ def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, 
             s = d["dev"][m]
             lines.append(f"| {name} | {m} | " + " | ".join(f"{s[t]['macro_f1']:.1f}" for t in tasks) +
                          f" | {s['mean_macro_f1']:.1f} | {s['contradictions']} |")
-    if int8:
-        lines += ["", "## INT8 bundle through sdk.Analyzer (dev)", "",
-                  f"`{int8['bundle']}`: decoding {int8['decoding']}, {int8['ms_per_post']} ms/post end to end "
-                  f"(decode + preprocess + model), export {int8['export_seconds']} s.", "",
-                  "| decoding | " + " | ".join(f"{t} (drop)" for t in tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
-        fp32 = decoding[best.get("candidate", "model")]["dev"]
-        for m, s in int8["modes"].items():
-            lines.append(f"| {m} | " + " | ".join(f"{s[t]['macro_f1']:.1f} ({fp32[m][t]['macro_f1'] - s[t]['macro_f1']:+.1f})"
-                                                   for t in tasks) + f" | {s['mean_macro_f1']:.1f} |")
+    for title, b8, src in (("INT8 bundle", int8, best.get("candidate", "model")),
+                           ("the text-only baseline's INT8 bundle", baseline_int8, "baseline")):
+        if b8:
+            lines += _int8_lines(title, b8, decoding[src]["dev"], tasks)
     lines += ["", "## Stage wall time (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in stages.items()]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return report
+
+
+def _int8_lines(title: str, int8: dict[str, Any], fp32: dict[str, Any], tasks: list[str]) -> list[str]:
+    """The report's section for one INT8 bundle scored on dev: ms/post and the drop from FP32 per decoding."""
+    lines = ["", f"## {title[0].upper() + title[1:]} through sdk.Analyzer (dev)", "",
+             f"`{int8['bundle']}`: decoding {int8['decoding']}, {int8['ms_per_post']} ms/post end to end "
+             f"(decode + preprocess + model), export {int8['export_seconds']} s.", "",
+             "| decoding | " + " | ".join(f"{t} (drop)" for t in tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
+    for m, s in int8["modes"].items():
+        lines.append(f"| {m} | " + " | ".join(f"{s[t]['macro_f1']:.1f} ({fp32[m][t]['macro_f1'] - s[t]['macro_f1']:+.1f})"
+                                              for t in tasks) + f" | {s['mean_macro_f1']:.1f} |")
+    return lines
 
 
 def write_model_card(folder: Path, config: dict[str, Any], decoding: dict[str, Any], data: dict[str, Any],

@@ -19,8 +19,8 @@ RECIPE_HELP = """Run the whole training recipe, resumable (rerun the same comman
   3. baseline: the text-only model (same text encoder, mean pooling + a linear layer per task);
   4. model: the preset, text encoder trained, image encoder frozen (from the cache), early stopping;
   5. decoding: independent vs joint decoding over the label combinations, chosen on the slice;
-  6. RUN/best/ (checkpoint + model card), RUN/int8.sydes scored on dev through sdk.Analyzer,
-     RUN/report.json and RUN/report.md.
+  6. RUN/best/ (checkpoint + model card), RUN/int8.sydes scored on dev through sdk.Analyzer (and the
+     baseline's, RUN/baseline-int8.sydes, a text-only bundle), RUN/report.json and RUN/report.md.
 Every model reads the text --text-fields builds (default Caption; e.g. Title,Caption), recorded in RUN/best
 and its bundle, so `sydes analyze BUNDLE --input FILE` builds it the same way."""
 
