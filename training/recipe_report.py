@@ -111,6 +111,7 @@ def score_bundle(bundle: Path, dev: Any) -> dict[str, Any]:
 
     reps = evaluate_predictions(truth, answered, tasks)
     return {"decoding": decoding, "modes": out, "ms_per_post": round(1000 * dt / len(posts), 1),
+            "uses_images": az.info.uses_images,
             "as_answered": {t: 100 * r["macro_f1"] for t, r in reps.items()}}
 
 
@@ -170,7 +171,8 @@ def _int8_lines(title: str, int8: dict[str, Any], fp32: dict[str, Any], tasks: l
     """The report's section for one INT8 bundle scored on dev: ms/post and the drop from FP32 per decoding."""
     lines = ["", f"## {title[0].upper() + title[1:]} through sdk.Analyzer (dev)", "",
              f"`{int8['bundle']}`: decoding {int8['decoding']}, {int8['ms_per_post']} ms/post end to end "
-             f"(decode + preprocess + model), export {int8['export_seconds']} s.", "",
+             f"({'decode + preprocess + model' if int8.get('uses_images', True) else 'tokenise + model: no image'}), "
+             f"export {int8['export_seconds']} s.", "",
              "| decoding | " + " | ".join(f"{t} (drop)" for t in tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
     for m, s in int8["modes"].items():
         lines.append(f"| {m} | " + " | ".join(f"{s[t]['macro_f1']:.1f} ({fp32[m][t]['macro_f1'] - s[t]['macro_f1']:+.1f})"
