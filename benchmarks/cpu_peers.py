@@ -7,6 +7,7 @@ Paths (model only: the arrays the Analyzer hands its backend, decode and tokenis
   onnxruntime FP32 and INT8 bundles (`--target cpu`, what `sydes export` writes by default);
   OpenVINO FP32 and INT8 bundles (`--target openvino`, INT8 by NNCF, through sdk.Analyzer backend=openvino);
   the OpenVINO INT8 bundle with hint="throughput", one stream per thread, each batch split over the streams;
+  the same with hint="auto" (both compiled, per batch size the one measured faster; settled in the warm-up);
   the peer: what an Intel user does by hand on our FP32 model.onnx: `nncf.quantize(ov.Core().read_model(..),
   nncf.Dataset(48 posts), model_type=TRANSFORMER)` compiled with OpenVINO's defaults.
 The floor line: the preset's GFLOP/post (benchmarks/model_cost.py) at this CPU's INT8 GEMM rate
@@ -158,6 +159,10 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
                   hint="throughput", streams=threads, max_batch_size=max(batches))
     keep.append(az)
     out["ov-int8-streams"] = az.backend.run
+    az = Analyzer(bundle(preset, "ov-int8", calib_samples), backend="openvino", device="cpu", threads=threads,
+                  hint="auto", max_batch_size=max(batches))
+    keep.append(az)
+    out["ov-int8-auto"] = az.backend.run
     compiled = peer_model(preset, CACHE / preset / "ort-fp32.sydes")
     req = compiled.create_infer_request()
     out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)
@@ -169,9 +174,12 @@ def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int
     fp32 = bundle(preset, "ort-fp32", calib_samples)
     arrays = {b: feeds(fp32, data[:b]) for b in batch_sizes}
     run, keep = runners(preset, arrays, calib_samples, threads)
-    for fn in run.values():  # warm-up: first calls allocate and compile shape-specific kernels
-        for f in arrays.values():
-            fn(f)
+    from sdk.backends.openvino import AUTO_TRIALS
+
+    for fn in run.values():  # warm-up: first calls allocate and compile shape-specific kernels; "auto" measures
+        for _ in range(2 * AUTO_TRIALS + 1):  # each batch size on both of its models and settles
+            for f in arrays.values():
+                fn(f)
     times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in run}
     for _ in range(rounds):
         for b, f in arrays.items():

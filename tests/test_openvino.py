@@ -220,3 +220,37 @@ def test_analyze_file_mode_takes_the_openvino_hint(ov_fp32, work, tmp_path, caps
     bad_out = tmp_path / "never.jsonl"
     assert main(["analyze", str(onnx_b), "--input", str(posts), "--output", str(bad_out), "--hint", "throughput"]) == 1
     assert "--hint is an OpenVINO setting" in capsys.readouterr().err and not bad_out.exists()
+
+
+def test_auto_choice_measures_each_batch_size_then_keeps_the_faster() -> None:
+    from sdk.backends.openvino import AutoChoice
+
+    c = AutoChoice(trials=2)
+    assert c.pick(1) == "latency"  # a single post is never split
+    times = {"latency": [0.30, 0.10], "throughput": [0.20, 0.15]}
+    for i in range(2):
+        for name in ("latency", "throughput"):
+            assert c.pick(4) == name  # the two alternate while measuring
+            c.record(4, name, times[name][i])
+    assert c.chosen() == {4: "latency"}  # the lower best time (0.10), not the lower mean
+    assert c.pick(4) == "latency" and c.pick(8) == "latency"  # another batch size is measured on its own
+    c.record(4, "throughput", 0.001)  # settled: later times change nothing
+    assert c.chosen() == {4: "latency"}
+
+
+def test_auto_hint_compiles_both_and_answers_as_latency(ov_fp32) -> None:
+    from sdk import Analyzer
+    from sdk.backends.openvino import AUTO_TRIALS
+
+    posts = [(_post(s)[0], f"post number {s}") for s in range(4)]
+    with Analyzer(ov_fp32.bundle, hint="auto", threads=2) as auto, Analyzer(ov_fp32.bundle, threads=2) as latency:
+        s = auto.info.settings
+        assert s["performance_hint"] == "AUTO" and s["split_batches"] == 2
+        ref = latency.analyze_batch(posts)
+        for _ in range(2 * AUTO_TRIALS):
+            got = auto.analyze_batch(posts)
+            for r0, r in zip(ref, got, strict=True):
+                assert max(abs(r0.tasks["desire"].probs[k] - r.tasks["desire"].probs[k]) for k in r0.tasks["desire"].probs) <= 1e-4
+        assert auto.info.settings["auto_choice"][4] in ("latency", "throughput")
+    with pytest.raises(ConfigError, match="decides the batch split itself"):
+        Analyzer(ov_fp32.bundle, hint="auto", split_batches=True)

@@ -34,6 +34,7 @@ log = logging.getLogger("sdk.commands.analyze")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sdk.backends import BACKENDS
+    from sdk.backends.openvino import HINTS
 
     parser.add_argument("bundle", help="the NAME.sydes/ folder")
     parser.add_argument("image", nargs="?", help="an image file (single-post mode; a text-only bundle takes "
@@ -57,9 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="default auto")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: physical cores)")
-    parser.add_argument("--hint", choices=("latency", "throughput"),
+    parser.add_argument("--hint", choices=HINTS,
                         help="OpenVINO only (file mode): throughput splits each batch over one stream per core "
-                        "(1.11x at batch 16 on the edge INT8 bundle, 2 cores; not faster on the reference preset)")
+                        "(faster on the edge INT8 bundle, not on the reference preset); auto compiles both and "
+                        "keeps, per batch size, the one measured faster")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--num-shards", type=int, default=1, help="split the input into N shards "
                         "(row n goes to shard (n-1) %% N); each shard writes OUTPUT-0000I-of-0000N.jsonl")
