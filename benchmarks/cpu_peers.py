@@ -176,8 +176,8 @@ def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int
     run, keep = runners(preset, arrays, calib_samples, threads)
     from sdk.backends.openvino import AUTO_TRIALS
 
-    for fn in run.values():  # warm-up: first calls allocate and compile shape-specific kernels; "auto" measures
-        for _ in range(2 * AUTO_TRIALS + 1):  # each batch size on both of its models and settles
+    for k, fn in run.items():  # warm-up: first calls allocate and compile shape-specific kernels; "auto" also
+        for _ in range(2 * AUTO_TRIALS + 1 if k.endswith("auto") else 1):  # measures both of its models, settles
             for f in arrays.values():
                 fn(f)
     times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in run}
