@@ -204,26 +204,21 @@ class Analyzer:
         except Exception as e:  # noqa: BLE001 - one bad item must not take its batch down
             return e
 
-    def _buffers(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-thread batch arrays, grown on demand up to max_batch_size: no per-call allocation."""
-        cfg = self.preprocess_config
+    def _pixels(self, items: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's views, global u8 [B,224,224,3] and canvas u8 [B,448,448,3]: one item's as a view with a
+        batch axis, more in per-thread arrays grown on demand up to max_batch_size (no per-call allocation)."""
+        if len(items) == 1:
+            return items[0][0][None], items[0][1][None]  # type: ignore[index]
+        k, cfg = len(items), self.preprocess_config
         bufs = getattr(self._local, "bufs", None)
         if bufs is None or bufs[0].shape[0] < k:
-            n = min(self.max_batch_size, max(k, 2 * (bufs[0].shape[0] if bufs is not None else 0)))
-            n = max(n, k)
+            n = max(k, min(self.max_batch_size, 2 * (bufs[0].shape[0] if bufs is not None else 0)))
             bufs = (np.empty((n, cfg.global_size, cfg.global_size, 3), np.uint8),
                     np.empty((n, cfg.canvas_size, cfg.canvas_size, 3), np.uint8))
             self._local.bufs = bufs
-        return bufs[0][:k], bufs[1][:k]
-
-    def _pixels(self, items: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
-        """The batch's views: global u8 [B,224,224,3], canvas u8 [B,448,448,3]."""
-        if len(items) == 1:  # no copy: a view with a batch axis
-            return items[0][0][None], items[0][1][None]  # type: ignore[index]
-        g, c = self._buffers(len(items))
+        g, c = bufs[0][:k], bufs[1][:k]
         for j, it in enumerate(items):
-            g[j] = it[0]
-            c[j] = it[1]
+            g[j], c[j] = it[0], it[1]
         return g, c
 
     def _run_prepared(self, prepared: list[Prepared | BaseException]) -> list[Result]:

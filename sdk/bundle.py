@@ -101,11 +101,6 @@ class Manifest:
         """The main graph ("model")."""
         return self.graphs["model"]
 
-    @property
-    def uses_images(self) -> bool:
-        """False for a text-only graph (inputs TEXT_INPUT_NAMES): it reads no image."""
-        return self.preprocess is not None
-
 
 # --- validation ---------------------------------------------------------------------------------------
 def _need(d: dict[str, Any], key: str, where: str, types: type | tuple[type, ...]) -> Any:
@@ -353,7 +348,7 @@ class Bundle:
     @property
     def uses_images(self) -> bool:
         """False for a text-only bundle: its graph takes ids and mask alone, no image is read."""
-        return self.manifest.uses_images
+        return self.manifest.preprocess is not None  # null exactly for a text-only graph (validate_manifest)
 
     def preprocess_config(self):  # -> sdk.preprocess.PreprocessConfig | None (None: a text-only bundle)
         from sdk.preprocess import PreprocessConfig
