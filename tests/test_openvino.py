@@ -205,14 +205,14 @@ def test_analyze_file_mode_takes_the_openvino_hint(ov_fp32, work, tmp_path, caps
     posts = tmp_path / "posts.jsonl"
     posts.write_text("\n".join(lines) + "\n")
     outs = {}
-    for hint in ("throughput", "latency"):
+    for hint in ("throughput", "latency", "auto"):
         outs[hint] = tmp_path / f"{hint}.jsonl"
         assert main(["analyze", str(ov_fp32.bundle), "--input", str(posts), "--output", str(outs[hint]),
                      "--batch-size", "4", "--hint", hint, "--no-progress"]) == 0
     rows = {h: [json.loads(x) for x in o.read_text().splitlines()] for h, o in outs.items()}
     assert [r["id"] for r in rows["throughput"]] == [f"p{i}" for i in range(5)] and all(r["ok"] for r in rows["throughput"])
-    for a, b in zip(rows["throughput"], rows["latency"], strict=True):
-        assert a["tasks"]["emotion"]["label"] == b["tasks"]["emotion"]["label"]
+    for a, b, c in zip(rows["throughput"], rows["latency"], rows["auto"], strict=True):
+        assert a["tasks"]["emotion"]["label"] == b["tasks"]["emotion"]["label"] == c["tasks"]["emotion"]["label"]
     # an ONNX bundle runs on onnxruntime under backend auto: the hint is refused before anything is written
     onnx_b = work["root"] / "ort32.sydes"
     if not (onnx_b / "manifest.json").is_file():
