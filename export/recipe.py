@@ -347,10 +347,13 @@ class Recipe:
         names = ["model", *(v for v in self.opts.variants if v in models)]
         return max(names, key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
 
-    def _int8(self, checkpoint: str = "best", bundle_name: str = "int8.sydes") -> dict[str, Any]:  # -> its dev score
+    def _int8(self, checkpoint: str = "best", bundle_name: str = "int8.sydes", decoding: str | None = None) -> dict:
+        # -> the bundle's dev score; `decoding` (the one chosen on the slice) is recorded in the checkpoint first
         from export.pipeline import ExportOptions, export_checkpoints
+        from training.checkpoints import set_label_structure
         from training.recipe_report import score_bundle
-
+        if decoding is not None:
+            set_label_structure(self.out / checkpoint, self._structure(), decoding)
         bundle = self.out / bundle_name
         t0 = time.perf_counter()
         export_checkpoints([self.out / checkpoint], bundle, ExportOptions(
@@ -389,7 +392,8 @@ class Recipe:
         if o.int8:
             int8 = self._stage("int8", self._int8)
             if image_preset and "baseline" in trained:  # the baseline as users would deploy it too: ms/post, drop
-                base8 = self._stage("baseline-int8", lambda: self._int8("baseline/best", "baseline-int8.sydes"))
+                base8 = self._stage("baseline-int8", lambda: self._int8("baseline/best", "baseline-int8.sydes",
+                                                                        decoding["models"]["baseline"]["chosen"]))
         stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted(self.stages.glob("*.json"), key=lambda p: p.stat().st_mtime)}
         return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages,
                             decoding.get("margins"), base8)

@@ -167,6 +167,7 @@ class PostsPlan:
     root: Path
     columns: tuple[str, ...] = ()
     text_fields: TextFields | None = None
+    images: bool = True  # False: a text-only model's plan; rows have image None
 
 
 def _cols(columns: Sequence[str]) -> str:
@@ -241,7 +242,7 @@ def plan_posts(source: str | os.PathLike[str], *, split: str | None = None, imag
     if image_pattern:
         _check_pattern(path, image_pattern, columns, id_col)
     root = Path(image_root) if image_root is not None else path.parent
-    return PostsPlan(path, id_col, text_col, image_col, image_pattern, root, columns, fields)
+    return PostsPlan(path, id_col, text_col, image_col, image_pattern, root, columns, fields, images)
 
 
 # --- rows -----------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def _row(plan: PostsPlan, n: int, where: str, row: RawRow, tasks: Mapping[str, S
          check_images: bool, require_text: bool, require_labels: bool | str) -> PostRow:
     id_value = row.get(plan.id_col) if plan.id_col else None
     try:
-        image = _image(plan, n, row, where, id_value) if plan.image_col or plan.image_pattern else None
+        image = _image(plan, n, row, where, id_value) if plan.images else None
         if check_images and image is not None and not image.is_file():
             raise DataError(f"{where}: image {image} not found")
         text = (plan.text_fields.build(row, where) if plan.text_fields else

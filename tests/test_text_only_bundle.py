@@ -164,3 +164,19 @@ def test_ray_rows_http_and_triton_without_images(work: dict[str, Path], tmp_path
     pred = SydesPredictor(work["bundle"], batch_size=4)
     table = pred({"id": np.array(["a", "b"]), "text": np.array(["good", "bad"])})  # no image column
     assert table.column("ok").to_pylist() == [True, True] and table.column("id").to_pylist() == ["a", "b"]
+
+
+def test_benchmark_and_mixed_export_errors(work: dict[str, Path], tmp_path: Path) -> None:
+    from export.errors import ExportError
+    from export.pipeline import export_checkpoints
+    from training.model import SyDES
+    from training.presets import tiny_vit_bert
+
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", str(work["bundle"]), "--batch-sizes", "1,2", "--iters", "1", "--warmup", "0",
+                 "--image-size", "64x48", "--compare", str(work["ck"]), "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["per_batch"]["2"]["model_ms"]["p50"] > 0 and rep["compare"]["per_batch"]["2"]["max_abs_prob_diff"] < 1e-4
+    image_ck = SyDES(tiny_vit_bert()).save_pretrained(tmp_path / "img", tokenizer_file=work["ck"] / "tokenizer.json")
+    with pytest.raises(ExportError, match="cannot be exported together with image models"):
+        export_checkpoints([image_ck, work["ck"]], tmp_path / "mixed.sydes")

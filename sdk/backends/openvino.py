@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ class OpenVINOBackend(Backend):
       `sydes analyze` want on a small CPU), "throughput" (several streams, batches in parallel) or "auto"
       (CPU: both compiled; batch 1 on the latency model, larger batches on whichever of the two measured
       faster for that batch size, see `AutoChoice`);
-    - `streams`: explicit NUM_STREAMS (overrides the hint's choice);
+    - `streams`: explicit NUM_STREAMS (overrides the hint's choice; with "auto", of the throughput model);
     - `split_batches`: split each batch over the streams and run the parts in parallel (default: on with
       the throughput hint and >= 2 streams; every output must be batch-first);
     - `inference_precision`: "f32" | "bf16" | "f16"; default "f32" for FP32 bundles (so a CPU with AMX or
@@ -122,14 +123,20 @@ class OpenVINOBackend(Backend):
                         "throughput": self._compile(core, device, "throughput")} if hint == "auto"
                        else {hint: self._compile(core, device, hint)})
         main = self._paths[hint if hint != "auto" else "latency"]
-        self._auto = AutoChoice() if hint == "auto" and self._paths["throughput"].split > 1 else None
+        self._auto = AutoChoice() if hint == "auto" else None
+        if hint == "auto" and self._paths["throughput"].split < 2:  # one stream: nothing to choose between
+            log.info("openvino hint auto: the throughput model has one stream here; running the latency model only")
+            self._paths.pop("throughput").close()
+            self._auto = None
         self.compiled = main.compiled
         self.input_names, self.output_names = main.input_names, main.output_names
         self.providers = [f"OpenVINO {ov.__version__.split('-')[0]} {device}"]
         self.resolved_device = str(self.device) if self.device.kind != "auto" else "cpu"
-        other = self._paths.get("throughput", main)
+        other = self._paths.get("throughput", main)  # with "auto": the candidate batches >= 2 may take
         self.settings = {"device": device, "cache_dir": str(cache) if cache else None, "requests": other.requests,
                          "streams": other.streams, "split_batches": other.split,
+                         **({"latency_model": {"requests": main.requests, "streams": main.streams}}
+                            if self._auto is not None else {}),
                          "threads": int(main.compiled.get_property("INFERENCE_NUM_THREADS")) if device == "CPU" else None,
                          "inference_precision": str(main.compiled.get_property("INFERENCE_PRECISION_HINT")),
                          "performance_hint": hint.upper()}
@@ -153,10 +160,11 @@ class OpenVINOBackend(Backend):
         if self._auto is None:
             return next(iter(self._paths.values())).run(feeds, batch)
         name = self._auto.pick(batch)
-        t0 = time.perf_counter()
-        out = self._paths[name].run(feeds, batch)
-        self._auto.record(batch, name, time.perf_counter() - t0)
-        self.settings["auto_choice"] = self._auto.chosen()
+        auto = self._auto
+        settled: list[bool] = []
+        out = self._paths[name].run(feeds, batch, lambda s: settled.append(auto.record(batch, name, s)))
+        if any(settled):
+            self.settings["auto_choice"] = auto.chosen()
         return out
 
     def _close(self) -> None:
@@ -188,29 +196,40 @@ class _Compiled:
         self.split = min(self.streams, self.requests) if split and self.streams > 1 and self.requests > 1 else 1
         self._split_lock = threading.Lock()  # one caller at a time takes several requests: no deadlock
 
-    def run(self, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], batch: int, timer: Callable[[float], None] | None = None
+            ) -> dict[str, np.ndarray]:
+        """Outputs of one batch; `timer` gets the seconds of the inference itself (not the wait for a request)."""
         if self.split > 1 and batch > 1:
-            return self._run_split(feeds, batch, min(self.split, batch))
+            return self._run_split(feeds, batch, min(self.split, batch), timer)
         req = self._queue.get()
         try:
+            t0 = time.perf_counter()
             req.infer({n: np.ascontiguousarray(feeds[n]) for n in self.input_names})
             # the request's output tensors are reused by its next call: copy them out
-            return {n: np.array(req.get_tensor(n).data, copy=True) for n in self.output_names}
+            out = {n: np.array(req.get_tensor(n).data, copy=True) for n in self.output_names}
+            if timer is not None:
+                timer(time.perf_counter() - t0)
+            return out
         finally:
             self._queue.put(req)
 
-    def _run_split(self, feeds: dict[str, np.ndarray], batch: int, k: int) -> dict[str, np.ndarray]:
+    def _run_split(self, feeds: dict[str, np.ndarray], batch: int, k: int,
+                   timer: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
         """The batch cut into `k` contiguous parts, one infer request (stream) each, run in parallel and
         concatenated in order."""
         with self._split_lock:
             reqs = [self._queue.get() for _ in range(k)]
+        t0 = time.perf_counter()
         try:
             bounds = np.linspace(0, batch, k + 1).astype(int)
             for r, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
                 r.start_async({n: np.ascontiguousarray(feeds[n][lo:hi]) for n in self.input_names})
             for r in reqs:
                 r.wait()
-            return {n: np.concatenate([np.array(r.get_tensor(n).data, copy=True) for r in reqs]) for n in self.output_names}
+            out = {n: np.concatenate([np.array(r.get_tensor(n).data, copy=True) for r in reqs]) for n in self.output_names}
+            if timer is not None:
+                timer(time.perf_counter() - t0)
+            return out
         finally:
             for r in reqs:
                 self._queue.put(r)
@@ -242,16 +261,19 @@ class AutoChoice:
             t = self._times.setdefault(batch, {"latency": [], "throughput": []})
             return "latency" if len(t["latency"]) <= len(t["throughput"]) else "throughput"
 
-    def record(self, batch: int, name: str, seconds: float) -> None:
+    def record(self, batch: int, name: str, seconds: float) -> bool:
+        """One timed call; True when it settles `batch`'s choice."""
         if batch < 2:
-            return
+            return False
         with self._lock:
             if batch in self._chosen:
-                return
+                return False
             t = self._times[batch]
             t[name].append(seconds)
             if min(len(v) for v in t.values()) >= self.trials:
                 self._chosen[batch] = min(t, key=lambda k: min(t[k]))
+                return True
+            return False
 
     def chosen(self) -> dict[int, str]:
         with self._lock:

@@ -84,8 +84,10 @@ def _feeds(az, prepared) -> dict[str, Any]:
     import numpy as np
 
     ids, mask = az.tokenizer.encode_batch([p[2] for p in prepared])
-    return {"global_pixels": np.stack([p[0] for p in prepared]), "canvas_pixels": np.stack([p[1] for p in prepared]),
-            "input_ids": ids, "attention_mask": mask}
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if az.uses_images:  # a text-only bundle takes the text inputs alone
+        feeds.update(global_pixels=np.stack([p[0] for p in prepared]), canvas_pixels=np.stack([p[1] for p in prepared]))
+    return feeds
 
 
 def run(args: argparse.Namespace, compare: Callable[[Any, dict[int, dict]], dict[str, Any]] | None = None) -> int:

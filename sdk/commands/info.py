@@ -88,7 +88,7 @@ def nvidia_commands(b, max_batch: int = 32) -> str:
                                                             m.tokenizer.trim_padding), None, None)]
     vocab = _vocab_size(b)
     # value ranges Polygraphy's generated inputs must respect: pixels are bytes, ids index the vocabulary
-    ranges = ["global_pixels:[0,255]", "canvas_pixels:[0,255]", "attention_mask:[1,1]"]
+    ranges = (["global_pixels:[0,255]", "canvas_pixels:[0,255]"] if b.uses_images else []) + ["attention_mask:[1,1]"]
     if vocab:
         ranges.append(f"input_ids:[0,{vocab - 1}]")
     tol = {"fp32": ("1e-4", "1e-3"), "fp16": ("1e-2", "1e-2"), "int8": ("5e-2", "5e-2")}[m.precision]

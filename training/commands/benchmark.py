@@ -30,15 +30,17 @@ def _torch_compare(ckpt: Path, az, feeds_by_b: dict[int, dict], iters: int, warm
 
     from sdk.commands.benchmark import _time, percentiles
 
-    model = SyDES.from_pretrained(ckpt).eval()
+    from training.checkpoints import load_model
+
+    model = load_model(ckpt)  # SyDES or the text-only family (which takes no pixels)
     out: dict[str, Any] = {"checkpoint": str(ckpt), "torch": torch.__version__, "per_batch": {}}
     for b, feeds in feeds_by_b.items():
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
 
         def call(t=t):
             with torch.inference_mode():
-                return model(t["input_ids"], t["attention_mask"], global_pixels=t["global_pixels"],
-                             canvas_pixels=t["canvas_pixels"])
+                return model(t["input_ids"], t["attention_mask"], global_pixels=t.get("global_pixels"),
+                             canvas_pixels=t.get("canvas_pixels"))
 
         ms = _time(call, iters, warmup)
         logits = call()
