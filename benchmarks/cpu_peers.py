@@ -12,7 +12,8 @@ Paths (model only: the arrays the Analyzer hands its backend, decode and tokenis
   nncf.Dataset(48 posts), model_type=TRANSFORMER)` compiled with OpenVINO's defaults.
 The floor line: the preset's GFLOP/post (benchmarks/model_cost.py) at this CPU's INT8 GEMM rate
 (benchmarks/gemm_ceiling.py, measured in the same run). Each round times every path once per batch size, in
-turn, so drift of a shared machine hits all paths alike; the table gives medians (ms/post) and ratios.
+a freshly shuffled order (seeded), so drift of a shared machine hits all paths alike; the table gives medians
+(ms/post) and ratios.
 Bundles are cached under $SYDES_BENCH_CACHE (default ~/.cache/sydes/bench/peers); calibration uses
 msed-mini's train split where it is present (else generated posts). Asserts nothing.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -181,13 +183,18 @@ def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int
             for f in arrays.values():
                 fn(f)
     times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in run}
+    order, rng = list(run), random.Random(0)
     for _ in range(rounds):
         for b, f in arrays.items():
-            for k, fn in run.items():
+            rng.shuffle(order)  # a fixed order would hand one path the same neighbour (and drift) every round
+            for k in order:
+                fn = run[k]
                 t = time.perf_counter()
                 fn(f)
                 times[k][b].append(1000 * (time.perf_counter() - t) / b)
     for az in keep:
+        if az.info.settings.get("performance_hint") == "AUTO":
+            print(f"[{preset}] ov-int8-auto chose, per batch size: {az.info.settings.get('auto_choice')}", file=sys.stderr)
         az.close()
     return {k: {b: statistics.median(v) for b, v in d.items()} for k, d in times.items()}
 
