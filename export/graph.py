@@ -78,14 +78,17 @@ class TextExportGraph(ExportGraph):
         return tuple(torch.softmax(logits[t].float(), dim=-1) for t in self.tasks)
 
 
+def uses_images(models: Sequence[nn.Module]) -> bool:
+    """True for image models, False for text-only ones; ExportError for a mix of the two families."""
+    images = [getattr(m, "uses_images", True) for m in models]
+    if any(images) and not all(images):
+        raise ExportError("a text-only checkpoint cannot be exported together with image models")
+    return bool(images) and all(images)
+
+
 def export_graph(models: Sequence[nn.Module]) -> ExportGraph:
     """The graph for `models`: ExportGraph for SyDES models, TextExportGraph for one text-only model."""
-    images = [getattr(m, "uses_images", True) for m in models]
-    if images and not any(images):
-        return TextExportGraph(models)
-    if not all(images):
-        raise ExportError("a text-only checkpoint cannot be exported together with image models")
-    return ExportGraph(models)
+    return ExportGraph(models) if uses_images(models) else TextExportGraph(models)
 
 
 SHARED_PREFIXES = ("image_encoder.",)

@@ -361,7 +361,7 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
     bundle's graph then runs the image encoder once and one text/decoder/head branch per checkpoint.
     """
     from export.errors import SharedEncoderMismatchError
-    from export.graph import export_graph, shared_encoder_mismatch
+    from export.graph import shared_encoder_mismatch, uses_images
     from sdk.errors import CheckpointError
     from training.checkpoints import load_model
 
@@ -378,7 +378,7 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path,
             raise CheckpointError(f"checkpoint {p} is not a folder (expected config.json + model.safetensors)")
         models.append(load_model(p).eval())  # the family config.json names (SyDES or text-only)
     if len(models) > 1:
-        export_graph(models)  # a text-only checkpoint among image ones: that error, not a weight mismatch
+        uses_images(models)  # a text-only checkpoint among image ones: that error, not a weight mismatch
         bad = shared_encoder_mismatch(models, [str(p) for p in paths])
         if bad:
             shown = ", ".join(bad[:8]) + (f" ... (+{len(bad) - 8} more)" if len(bad) > 8 else "")
