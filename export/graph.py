@@ -24,6 +24,7 @@ class ExportGraph(nn.Module):
     attention_mask i64 [B,L]) -> tuple of probs f32 [B, C_task], one per task in `self.tasks` order."""
 
     input_names: tuple[str, ...] = INPUT_NAMES  # the forward's arguments, in order
+    uses_images = True
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -67,6 +68,7 @@ class TextExportGraph(ExportGraph):
     text-only model, no image inputs."""
 
     input_names = TEXT_INPUT_NAMES
+    uses_images = False
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         if len(models) > 1:

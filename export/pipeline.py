@@ -314,7 +314,7 @@ def _export(models: Sequence[Any], output: Path, opts: ExportOptions, tokenizer_
     graph = export_graph(list(models)).eval()
     cfg0 = models[0].config
     # a text-only graph has no image to preprocess (and its manifest says so: "preprocess": null)
-    pcfg = PreprocessConfig.from_dict(cfg0.preprocess) if "global_pixels" in graph.input_names else None
+    pcfg = PreprocessConfig.from_dict(cfg0.preprocess) if graph.uses_images else None
     tokenizer = Tokenizer.from_file(tokenizer_file, max_length=int(cfg0.tokenizer.max_length),
                                     kind=cfg0.tokenizer.kind)
     sw = Stopwatch(opts.progress)

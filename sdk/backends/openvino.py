@@ -160,12 +160,12 @@ class OpenVINOBackend(Backend):
         if self._auto is None:
             return next(iter(self._paths.values())).run(feeds, batch)
         name = self._auto.pick(batch)
-        auto = self._auto
-        settled: list[bool] = []
-        out = self._paths[name].run(feeds, batch, lambda s: settled.append(auto.record(batch, name, s)))
-        if any(settled):
-            self.settings["auto_choice"] = auto.chosen()
-        return out
+        return self._paths[name].run(feeds, batch, lambda seconds: self._settle(batch, name, seconds))
+
+    def _settle(self, batch: int, name: str, seconds: float) -> None:
+        """One timed call of `name` for the auto choice; the settings show a choice once it settles."""
+        if self._auto is not None and self._auto.record(batch, name, seconds):
+            self.settings["auto_choice"] = self._auto.chosen()
 
     def _close(self) -> None:
         for p in getattr(self, "_paths", {}).values():

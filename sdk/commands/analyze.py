@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: physical cores)")
     parser.add_argument("--hint", choices=HINTS,
                         help="OpenVINO only (file mode): throughput splits each batch over one stream per core "
-                        "(faster on the edge INT8 bundle, not on the reference preset); auto compiles both and "
-                        "keeps, per batch size, the one measured faster")
+                        "(faster or not depending on the model and the host); auto compiles both and keeps, "
+                        "per batch size, the one measured faster")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--num-shards", type=int, default=1, help="split the input into N shards "
                         "(row n goes to shard (n-1) %% N); each shard writes OUTPUT-0000I-of-0000N.jsonl")
@@ -96,13 +96,6 @@ def bundle_text_fields(bundle: str | Path) -> TextFields:
     from sdk.bundle import load_bundle
 
     return load_bundle(bundle, verify=False).text_fields
-
-
-def bundle_uses_images(bundle: str | Path) -> bool:
-    """False for a text-only bundle (read, not verified: the Analyzer verifies the bundle)."""
-    from sdk.bundle import load_bundle
-
-    return load_bundle(bundle, verify=False).uses_images
 
 
 def iter_items(plan: InputPlan, shard: Shard) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -197,18 +190,19 @@ def _file(args: argparse.Namespace, plan: InputPlan, shard: Shard) -> int:
     return 0
 
 
-def _check_hint(args: argparse.Namespace) -> None:
+def _check_hint(args: argparse.Namespace, bundle: Any) -> None:
     """--hint only where the job runs on OpenVINO (backend="auto" runs an IR bundle there, ONNX elsewhere)."""
     if not args.hint or args.backend == "openvino":
         return
-    from sdk.bundle import load_bundle
-
-    if args.backend != "auto" or load_bundle(args.bundle, verify=False).graph_format != "openvino":  # the Analyzer verifies
+    if args.backend != "auto" or bundle.graph_format != "openvino":
         raise ConfigError("--hint is an OpenVINO setting: pass --backend openvino, or use an OpenVINO bundle "
                           "(sydes export --target openvino)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdk.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, verify=False)  # its manifest, read once (the Analyzer verifies the files)
     if args.input is not None:
         if args.image or args.text:
             raise ConfigError("give either IMAGE TEXT or --input, not both")
@@ -217,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         shard = Shard(args.num_shards, args.shard_index)
-        plan = plan_input(args, bundle_text_fields(args.bundle), bundle_uses_images(args.bundle))
+        plan = plan_input(args, bundle.text_fields, bundle.uses_images)
         if args.engine == "ray":
             from sdk.commands.analyze_ray import run_ray
 
@@ -226,9 +220,9 @@ def run(args: argparse.Namespace) -> int:
             if args.hint:
                 raise ConfigError("--hint is for --engine process")
             return run_ray(args, plan)
-        _check_hint(args)
+        _check_hint(args, bundle)
         return _file(args, plan, shard)
-    if args.image is not None and args.text is None and not bundle_uses_images(args.bundle):
+    if args.image is not None and args.text is None and not bundle.uses_images:
         args.image, args.text = None, args.image  # a text-only bundle: sydes analyze BUNDLE TEXT
     elif args.image is None or args.text is None:
         raise ConfigError("give IMAGE and TEXT (one post; TEXT alone for a text-only bundle) or --input FILE "
