@@ -8,7 +8,8 @@ that was interrupted continues from its own `last/` checkpoint):
     baseline  the text-only model (same text encoder, mean pooling + a linear layer per task)
     features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
     model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
-    <variant> optional candidates for best (warm-text, structure-loss); <ablation> diagnostics (global-only, image-only)
+    <variant> optional candidates for best (warm-text, structure-loss, image-tail); <ablation> diagnostics
+              (global-only, image-only)
     decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
     best      RUN/best/: the candidate (model or a variant) best on the selection slice, with its label
               structure and a model card
@@ -27,98 +28,24 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from export.recipe_options import (
+    BASELINE,
+    IMAGE_TAIL_BLOCKS,
+    IMAGE_TAIL_LR,
+    STRUCTURE_LOSS_WEIGHT,
+    RecipeOptions,
+    stratified_split,
+)
 from sdk.atomic import atomic_write_text
 from sdk.errors import ConfigError
 from sdk.text_fields import TextFields
 
 log = logging.getLogger(__name__)
-
-RECIPE_PRESETS = ("edge", "text-only", "tiny_vit_bert")
-ABLATIONS = ("global-only", "image-only")
-# Candidates for RUN/best besides the preset trained from the pretrained encoders. warm-text: the text
-# encoder starts from the fine-tuned baseline's, so the fused model does not have to relearn from the
-# image path what the text alone already gives (multimodal models under-train their stronger modality).
-# structure-loss: the CE plus training.losses.structure_loss (-log of the posterior mass on valid combinations).
-VARIANTS = ("warm-text", "structure-loss")
-STRUCTURE_LOSS_WEIGHT = 1.0
-BASELINE = "text-only"
-# Learning rates by parameter group. The text encoder is trained at the rate that fine-tunes MiniLM well
-# on its own; the freshly initialised decoder / pooling / heads learn faster. SYDES.md's fine-tune rates
-# (2e-4 / 1e-4) are for 50 epochs of 6k posts; this recipe has a few hundred steps, hence 3e-4.
-MODEL_LRS = {"image_encoder": 0.0, "text_encoder": 5e-5, "text_decoder": 3e-4, "other": 3e-4}
-BASELINE_LRS = {"text_encoder": 5e-5, "other": 1e-3}
-
-
-@dataclass
-class RecipeOptions:
-    preset: str = "edge"
-    epochs: int = 6
-    baseline_epochs: int = 6
-    patience: int = 2  # evaluations on the selection slice without improvement before stopping
-    batch_size: int = 32
-    select_fraction: float = 0.15
-    seed: int = 0
-    baseline: bool = True
-    ablations: tuple[str, ...] = ()
-    variants: tuple[str, ...] = ()
-    int8: bool = True
-    int8_calib_samples: int = 256
-    device: str = "auto"
-    progress: bool = True
-    limit: int | None = None  # rows per split (smoke runs)
-    # the columns the text is built from (sdk.text_fields.TextFields), for the baseline and the model alike
-    text_fields: tuple[str, ...] = ("Caption",)
-    text_separator: str = " "
-    model_lrs: dict[str, float] = field(default_factory=lambda: dict(MODEL_LRS))
-    baseline_lrs: dict[str, float] = field(default_factory=lambda: dict(BASELINE_LRS))
-
-    def validate(self) -> RecipeOptions:
-        if self.preset not in RECIPE_PRESETS:
-            raise ConfigError(f"unknown recipe preset {self.preset!r}; valid: {', '.join(RECIPE_PRESETS)}")
-        bad = [a for a in self.ablations if a not in ABLATIONS]
-        if bad:
-            raise ConfigError(f"unknown ablation(s) {bad}; valid: {', '.join(ABLATIONS)}")
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad:
-            raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
-        if (self.ablations or self.variants) and self.preset == BASELINE:
-            raise ConfigError("ablations and variants change the image model: they need an image preset, not text-only")
-        if "warm-text" in self.variants and not self.baseline:
-            raise ConfigError("the warm-text variant starts from the baseline: it needs the baseline stage")
-        if not 0.0 < self.select_fraction < 0.5:
-            raise ConfigError(f"select_fraction must be in (0, 0.5), got {self.select_fraction}")
-        for name in ("epochs", "baseline_epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        self.text_fields = self.text_recipe().fields  # "Title,Caption" or a list -> a tuple of names
-        return self
-
-    def text_recipe(self) -> TextFields:
-        return TextFields(TextFields.of(self.text_fields).fields, self.text_separator)
-
-
-def stratified_split(rows: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Row indices (fit, select): `fraction` of each label combination (rows [N, T]) goes to select, at
-    least one of every combination seen >= 2 times; deterministic in `seed`."""
-    rng = np.random.default_rng(seed)
-    strata: dict[tuple[int, ...], list[int]] = {}
-    for i, r in enumerate(np.asarray(rows)):
-        strata.setdefault(tuple(int(v) for v in r), []).append(i)
-    select: list[int] = []
-    for key in sorted(strata):
-        idx = strata[key]
-        if len(idx) < 2:
-            continue
-        k = max(1, int(round(fraction * len(idx))))
-        select.extend(int(i) for i in rng.permutation(idx)[:k])
-    chosen = set(select)
-    return [i for i in range(len(rows)) if i not in chosen], sorted(select)
 
 
 class Recipe:
@@ -266,9 +193,13 @@ class Recipe:
         model, tok = self._build(family, variant)
         uses_images = getattr(model, "uses_images", True)
         baseline = family == BASELINE
+        tail = IMAGE_TAIL_BLOCKS if variant == "image-tail" else 0
+        lrs = dict(self.opts.baseline_lrs if baseline else self.opts.model_lrs)
+        if tail:
+            lrs["image_encoder"] = IMAGE_TAIL_LR
         opts = TrainOptions(
             stage="finetune", epochs=self.opts.baseline_epochs if baseline else self.opts.epochs,
-            batch_size=self.opts.batch_size, lrs=dict(self.opts.baseline_lrs if baseline else self.opts.model_lrs),
+            batch_size=self.opts.batch_size, lrs=lrs, image_tail_blocks=tail,
             patience=self.opts.patience, seed=self.opts.seed, device=self.opts.device, progress=self.opts.progress,
             save_every=10**9, log_every=10, feature_cache=self._cache_dir() if uses_images else None,
             feature_cache_dtype="float16",
@@ -280,14 +211,17 @@ class Recipe:
             trainer.train_ds.transform = trainer.dev_ds.transform = global_view_only
         summary = trainer.fit()
         best = self.out / name / "best"
-        probs = {split: self._predict(best, recs, ablation) for split, recs in (("select", select), ("dev", dev))}
+        probs = {split: self._predict(best, recs, ablation, tail) for split, recs in (("select", select), ("dev", dev))}
         np.savez(self.out / name / "probs.npz", **{f"{s}/{t}": p for s, d in probs.items() for t, p in d.items()})
         return {"checkpoint": str(best), "best_select_macro_f1": summary.get("best"),
                 "best_step": summary.get("best_step"), "steps": summary.get("step"),
-                "stopped_early": summary.get("stopped_early"), "cost": model_cost(trainer.model)}
+                "stopped_early": summary.get("stopped_early"), "cost": model_cost(trainer.model),
+                **({"image_tail_blocks": tail, "image_tail_lr": IMAGE_TAIL_LR} if tail else {})}
 
-    def _predict(self, checkpoint: Path, records: Any, ablation: str | None) -> dict[str, np.ndarray]:
-        """Probabilities {task: [N, C]} of a checkpoint on `records`, image features from the cache."""
+    def _predict(self, checkpoint: Path, records: Any, ablation: str | None, tail_blocks: int = 0
+                 ) -> dict[str, np.ndarray]:
+        """Probabilities {task: [N, C]} of a checkpoint on `records`, image features from the cache (cut before
+        the image encoder's last `tail_blocks` layers where those trained)."""
         import torch
 
         from training.checkpoints import load_model
@@ -299,9 +233,12 @@ class Recipe:
         tok = load_tokenizer(model.config, checkpoint)
         ds: Any = PostDataset(records, tok, None, model.config.task_names, with_pixels=False)
         if getattr(model, "uses_images", True):
+            from sdk.preprocess import PreprocessConfig
             from training.feature_cache import CachedFeatureDataset, FeatureCache, global_view_only
 
-            cache = FeatureCache(self._cache_dir(), model, dtype=torch.float16)
+            cache = FeatureCache(self._cache_dir(), model, dtype=torch.float16, tail_blocks=tail_blocks)
+            cache.fill(records, PreprocessConfig.from_dict(model.config.preprocess), batch_size=16,
+                       progress=self.opts.progress)
             ds = CachedFeatureDataset(ds, cache, records, global_view_only if ablation == "global-only" else None)
         out: dict[str, list[np.ndarray]] = {t: [] for t in model.config.task_names}
         with torch.no_grad():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.recipe import Recipe, RecipeOptions, stratified_split
+from export.recipe import Recipe
+from export.recipe_options import RecipeOptions, stratified_split
 from sdk.errors import ConfigError
 
 
@@ -35,7 +36,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
-                         int8_calib_samples=16, variants=("warm-text", "structure-loss"))
+                         int8_calib_samples=16, variants=("warm-text", "structure-loss", "image-tail"))
     recipe = Recipe(data, run, opts)
     report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
@@ -47,7 +48,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["baseline_int8"]["modes"]["joint"]["contradictions"] == 0
     assert json.loads((run / "baseline-int8.sydes" / "manifest.json").read_text())["preprocess"] is None
     assert "Dev margin of model over the text-only baseline" in md and "paired bootstrap" in md
-    assert set(report["margins"]) == {"model", "warm-text", "structure-loss"}
+    assert set(report["margins"]) == {"model", "warm-text", "structure-loss", "image-tail"}
     # selection never saw dev; the table is learnt from the fit rows only
     split = json.loads((run / "stages" / "data.json").read_text())
     assert len(split["fit"]) + len(split["select"]) == 40 and split["dev"] == 16
@@ -61,7 +62,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["int8"]["modes"]["joint"]["contradictions"] == 0
     # the variant is a candidate for best, chosen on the selection slice; it starts from the baseline's encoder
     models = report["decoding"]
-    best = max(("model", "warm-text", "structure-loss"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
+    best = max(("model", "warm-text", "structure-loss", "image-tail"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
     assert report["best"]["candidate"] == best and "candidate best on the selection slice" in md
     from training.checkpoints import load_model
 
@@ -74,6 +75,17 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
         return [r["structure"] for r in rows if r.get("event") == "train"]
     assert logged("structure-loss") and all(v > 0 for v in logged("structure-loss"))
     assert logged("model") and all(v == 0 for v in logged("model"))
+    # image-tail: the image encoder's last layer (and output norm) trained, the layers before it did not
+    start = recipe._build("tiny_vit_bert")[0].image_encoder.state_dict()
+    for name, frozen_expected in (("model", True), ("image-tail", False)):
+        enc = load_model(run / name / "best").image_encoder
+        tail = {id(t) for m in enc.tail_modules(1) for t in m.state_dict(keep_vars=True).values()}
+        for key, t in enc.state_dict(keep_vars=True).items():
+            same = torch.equal(t.detach(), start[key])
+            assert same if (id(t) not in tail or frozen_expected) else True, (name, key)
+        moved = [torch.equal(t.detach(), start[k]) for k, t in enc.state_dict(keep_vars=True).items() if id(t) in tail]
+        assert all(moved) == frozen_expected, name
+    assert report["models"]["image-tail"]["image_tail_blocks"] == 1
     # resume: every stage is done, nothing is retrained
     mtime = (run / "model" / "best" / "model.safetensors").stat().st_mtime
     Recipe(data, run, opts).run()

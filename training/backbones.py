@@ -9,6 +9,8 @@ Vision encoders expose two stages so that masked image modelling can drop patch 
 (the transformer and the backbone's standard output norm, if any). For CLIP that is
 pre-LN -> encoder, without `post_layernorm` (which in the reference only feeds the pooled CLS output
 that SyDES never uses); for DINOv2 / ViT it is encoder -> final layernorm (their last hidden state).
+`encode_layers(h, start, stop)` runs a slice of `encode`: the feature cache can stop before the last layers,
+which then train (training.feature_cache, TrainOptions.image_tail_blocks).
 """
 
 from __future__ import annotations
@@ -91,16 +93,58 @@ class VisionEncoder(nn.Module):
             return m.encoder(inputs_embeds=m.pre_layrnorm(tokens)).last_hidden_state
         if self.kind == "dinov2":
             return m.layernorm(m.encoder(tokens).last_hidden_state)
-        # ViT: transformers >= 5 keeps the layers at `.layers`, older versions at `.encoder`
-        layers = getattr(m, "layers", None)
-        if layers is not None:
-            h = tokens
-            for layer in layers:
-                out = layer(h)
-                h = out[0] if isinstance(out, tuple) else out
-        else:
-            h = m.encoder(tokens).last_hidden_state
-        return m.layernorm(h)
+        return m.layernorm(self.encode_layers(tokens, 0, self.num_layers, norm=False))
+
+    # ---- the encoder cut between two layers (feature cache before the trained last layers) -------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer layers in order (transformers >= 5 keeps ViT's at `.layers`, older at `.encoder.layer`)."""
+        m = self.vision_model
+        for path in ("encoder.layers", "encoder.layer", "layers"):
+            obj: Any = m
+            for part in path.split("."):
+                obj = getattr(obj, part, None)
+            if isinstance(obj, nn.ModuleList):
+                return obj
+        raise ConfigError(f"cannot find the transformer layers of the {self.kind} image encoder")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def encode_layers(self, h: torch.Tensor, start: int, stop: int, *, norm: bool = True) -> torch.Tensor:
+        """Layers [start, stop) of `encode`: tokens (start 0: `embed`'s output; else the hidden state after
+        layer start-1) [N, T, D] -> the hidden state after layer stop-1, or `encode`'s output when stop is the
+        last layer (its output norm included unless norm=False). Equal to `encode` for (0, num_layers)."""
+        if not 0 <= start <= stop <= self.num_layers:
+            raise ConfigError(f"image encoder layers [{start}, {stop}) outside its {self.num_layers} layers")
+        m = self.vision_model
+        if start == 0 < stop and self.kind == "clip":  # (0, 0) returns embed's output as it is
+            h = m.pre_layrnorm(h)
+        for layer in list(self.layers)[start:stop]:
+            out = layer(h, None)
+            h = out[0] if isinstance(out, tuple) else out
+        if stop == self.num_layers and norm and self.kind != "clip":  # CLIP's last hidden state has no norm
+            h = m.layernorm(h)
+        return h
+
+    def encode_from(self, hidden: torch.Tensor, layer: torch.Tensor | int) -> torch.Tensor:
+        """The hidden state after `layer` layers [..., T, D] (layer an int, or a batch's tensor of one value)
+        -> `encode`'s output [..., T, D]: the remaining layers and the output norm."""
+        if torch.is_tensor(layer):
+            if torch.unique(layer).numel() != 1:
+                raise ConfigError(f"a batch mixes image features cut after different layers: {layer.tolist()}")
+            layer = int(layer.reshape(-1)[0])
+        lead = hidden.shape[:-2]
+        out = self.encode_layers(hidden.reshape(-1, *hidden.shape[-2:]), int(layer), self.num_layers)
+        return out.reshape(*lead, *out.shape[-2:])
+
+    def tail_modules(self, blocks: int) -> list[nn.Module]:
+        """The modules after the cut before the last `blocks` layers: those layers and the output norm."""
+        if not 0 < blocks < self.num_layers:  # all of them: no frozen part to cache, and CLIP's pre-LN would train
+            raise ConfigError(f"image_tail_blocks must be in 1..{self.num_layers - 1}, got {blocks}")
+        norm = [] if self.kind == "clip" else [self.vision_model.layernorm]
+        return [*list(self.layers)[self.num_layers - blocks:], *norm]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.encode(self.embed(pixels))

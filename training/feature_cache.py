@@ -6,9 +6,15 @@ trained while fine-tuning, so caching after it would freeze a trained layer; the
 is frozen and in eval mode, and unmasked in fine-tuning, so its output is a pure function of the pixels and
 the weights. Feeding cached features therefore gives IDENTICAL logits to the uncached path (tested).
 
+With `tail_blocks=N` (the image encoder's last N layers train: TrainOptions.image_tail_blocks) the cut moves
+before those layers: entries hold the hidden state after the first L-N layers, datasets yield it as
+`image_hidden` (+ `image_hidden_layer`), and SyDES.encode runs the trained rest. Only the frozen part (the
+embeddings and the first L-N layers) enters the key, so the cache stays valid while the tail trains.
+
 Entry: `<root>/<key[:2]>/<key>.safetensors` with one float tensor `features` [5, T, D] and metadata
 (format, key, sha256 of the tensor bytes, shape, dtype). key = sha256 over (sha256 of the image file's
-bytes, the preprocessing config, the number of views, the encoder-weights hash, the storage dtype).
+bytes, the preprocessing config, the number of views, the encoder-weights hash, the storage dtype, and
+for a cut before the last layers, that layer).
 Entries are written atomically and verified on every read (metadata, shape, dtype, checksum); a corrupt or
 stale entry is recomputed, never trusted. Nothing is unpickled.
 """
@@ -36,10 +42,15 @@ FORMAT = "sydes-feature-cache/1"
 NUM_VIEWS = 5
 
 
-def encoder_hash(encoder: torch.nn.Module) -> str:
-    """sha256 over the image encoder's state dict (names, dtypes, shapes, bytes)."""
+def encoder_hash(encoder: torch.nn.Module, tail_blocks: int = 0) -> str:
+    """sha256 over the image encoder's state dict (names, dtypes, shapes, bytes), without the last
+    `tail_blocks` layers and output norm (they train: the cache does not depend on them)."""
+    tail = encoder.tail_modules(tail_blocks) if tail_blocks else []
+    skip = {id(t) for m in tail for t in m.state_dict(keep_vars=True).values()}
     h = hashlib.sha256()
-    for name, t in sorted(encoder.state_dict().items()):
+    for name, t in sorted(encoder.state_dict(keep_vars=True).items()):
+        if id(t) in skip:
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -50,14 +61,17 @@ class FeatureCache:
     """The cache for one model's image encoder under `root`."""
 
     def __init__(self, root: str | os.PathLike[str], model: torch.nn.Module, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, tail_blocks: int = 0) -> None:
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ConfigError(f"feature cache dtype must be float32, float16 or bfloat16, got {dtype}")
+        enc = model.image_encoder
+        # None: the encoder's output (image_features); k: the hidden state after its first k layers
+        self.layer = enc.num_layers - tail_blocks if tail_blocks else None
         self.root = Path(root)
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
-        self.encoder_hash = encoder_hash(model.image_encoder)
+        self.encoder_hash = encoder_hash(enc, tail_blocks)
         self.prep = json.dumps(model.config.preprocess, sort_keys=True)
         self._keys: dict[str, str] = {}  # image path -> key (memoised file hash)
         self.hits = self.misses = self.recomputed = 0
@@ -67,7 +81,8 @@ class FeatureCache:
         p = str(image)
         if p not in self._keys:
             h = hashlib.sha256()
-            for part in (sha256_file(p), self.prep, str(NUM_VIEWS), self.encoder_hash, str(self.dtype)):
+            cut = () if self.layer is None else (f"layer {self.layer}",)  # keys of the output cut stay as they were
+            for part in (sha256_file(p), self.prep, str(NUM_VIEWS), self.encoder_hash, str(self.dtype), *cut):
                 h.update(part.encode())
                 h.update(b"\0")
             self._keys[p] = h.hexdigest()
@@ -142,7 +157,7 @@ class FeatureCache:
                     gs.append(torch.from_numpy(np.array(g, dtype=np.uint8, copy=True)))
                     cs.append(torch.from_numpy(np.array(c, dtype=np.uint8, copy=True)))
                 feats = self.model.image_features(global_pixels=torch.stack(gs).to(self.device),
-                                                  canvas_pixels=torch.stack(cs).to(self.device))
+                                                  canvas_pixels=torch.stack(cs).to(self.device), layer=self.layer)
                 for ex, f in zip(chunk, feats, strict=True):
                     self._write(self.key(ex.image), f)
                 if bar is not None:
@@ -177,7 +192,7 @@ def _bytes(t: torch.Tensor) -> bytes:
 
 class CachedFeatureDataset:
     """Wraps a PostDataset built with `with_pixels=False`: items carry `image_features` [5, T, D] float32
-    instead of pixels."""
+    instead of pixels (a cache cut before the last layers: `image_hidden` [5, T, D] and `image_hidden_layer`)."""
 
     def __init__(self, base, cache: FeatureCache, records: Sequence[Any], transform=None) -> None:
         self.base, self.cache, self.examples = base, cache, list(records)
@@ -189,7 +204,11 @@ class CachedFeatureDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.base[i]
         f = self.cache.get(self.examples[i]).float()
-        item["image_features"] = f if self.transform is None else self.transform(f)
+        f = f if self.transform is None else self.transform(f)
+        if self.cache.layer is None:
+            item["image_features"] = f
+        else:
+            item["image_hidden"], item["image_hidden_layer"] = f, torch.tensor(self.cache.layer)
         return item
 
 

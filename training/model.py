@@ -155,25 +155,32 @@ class SyDES(Checkpointable, nn.Module):
                 nn.init.zeros_(blk.mlp.c_proj.weight)
 
     # ---- backbone: encode -> Features ----------------------------------------------------------
-    def image_features(self, **views: torch.Tensor) -> torch.Tensor:
+    def image_features(self, *, layer: int | None = None, **views: torch.Tensor) -> torch.Tensor:
         """Pixels (see views_from_inputs) -> the image encoder's outputs [B, 5, 1+P, Dv], view 0 = global, then
-        tiles TL, TR, BL, BR, before ln1_post: the cut point of training.feature_cache."""
+        tiles TL, TR, BL, BR, before ln1_post: the cut point of training.feature_cache. `layer=k`: the hidden
+        state after its first k layers instead (a cache before trained last layers: VisionEncoder.encode_from)."""
         g, t = self.views_from_inputs(**views)
-        b = g.shape[0]
+        b, enc = g.shape[0], self.image_encoder
         stacked = torch.cat([g.unsqueeze(1), t], dim=1).reshape(b * 5, *g.shape[1:])  # one [B*5] pass
-        out = self.image_encoder(stacked)  # [B*5, 1+P, Dv]
+        out = enc(stacked) if layer is None else enc.encode_layers(enc.embed(stacked), 0, layer)  # [B*5, 1+P, Dv]
         return out.reshape(b, 5, *out.shape[1:])
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                image_features: torch.Tensor | None = None, text_hidden: torch.Tensor | None = None,
+               image_hidden: torch.Tensor | None = None, image_hidden_layer: torch.Tensor | int | None = None,
                **views: torch.Tensor) -> Features:
         """ids, mask [B, L] and pixels / views, or cached `image_features` [B, V, 1+P, Dv] (image_features'
-        output, V = 5 or the cache's 1-view ablations) and `text_hidden` [B, L, Dt] (the text encoder's
-        output) -> Features."""
+        output, V = 5 or the cache's 1-view ablations) or `image_hidden` after `image_hidden_layer` layers
+        (image_features(layer=k); the remaining, trainable layers run here), and `text_hidden` [B, L, Dt] (the text encoder's output) -> Features."""
+        if image_hidden is not None:
+            if image_features is not None or image_hidden_layer is None:
+                raise ConfigError("image_hidden= needs image_hidden_layer= and no image_features=")
+            image_features = self.image_encoder.encode_from(image_hidden.to(self.ln1_post.weight.dtype),
+                                                            image_hidden_layer)
         if image_features is None:
             image_features = self.image_features(**views)
         elif views:
-            raise ConfigError("pass image_features= or pixels / views, not both")
+            raise ConfigError("pass cached image features or pixels / views, not both")
         hidden = self.ln1_post(image_features.to(self.ln1_post.weight.dtype))  # [B, V, 1+P, Dv]
         b, _, _, d = hidden.shape
         text_cls, text_tokens, mask = self.encode_text(input_ids, attention_mask, text_hidden)
@@ -210,12 +217,8 @@ class SyDES(Checkpointable, nn.Module):
         """Features -> {task: logits [B, C]}: decode, pool, classify."""
         return self.classify(self.pool(self.decode(f.memory, f.text_tokens, f.memory_padding), f.text_mask), f.memory)
 
-    def decode(
-        self,
-        memory: torch.Tensor,
-        text_tokens: torch.Tensor,
-        image_key_padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def decode(self, memory: torch.Tensor, text_tokens: torch.Tensor,
+               image_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """memory [B, M, Dv], text tokens [B, L-1, Dt] -> decoder output [B, L-1, O]."""
         queries = self.ln3_post(self.text_proj(text_tokens))  # [B, L-1, W]
         return self.text_decoder(self.ln2_post(memory), queries, image_key_padding_mask)
@@ -240,13 +243,9 @@ class SyDES(Checkpointable, nn.Module):
             pooled = torch.cat([pooled, self.image_summary(torch.cat([g.mean(dim=1), g.amax(dim=1)], dim=-1))], -1)
         return self.heads(pooled)
 
-    def views_from_inputs(
-        self,
-        global_pixels: torch.Tensor | None = None,
-        canvas_pixels: torch.Tensor | None = None,
-        global_view: torch.Tensor | None = None,
-        tiles: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def views_from_inputs(self, global_pixels: torch.Tensor | None = None, canvas_pixels: torch.Tensor | None = None,
+                          global_view: torch.Tensor | None = None, tiles: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """Either uint8 canvases or float views -> (global [B,3,S,S], tiles [B,4,3,S,S])."""
         if global_pixels is not None and canvas_pixels is not None and global_view is None and tiles is None:
             return self.tiler(global_pixels, canvas_pixels)
@@ -256,15 +255,10 @@ class SyDES(Checkpointable, nn.Module):
             "pass either global_pixels= and canvas_pixels= (uint8 NHWC) or global_view= and tiles= (float)"
         )
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        return_probs: bool = False,
-        **inputs: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_probs: bool = False,
+                **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """ids, mask [B, L] + the image (global_pixels= / canvas_pixels= uint8, global_view= / tiles= float,
-        or cached image_features= [B, 5, 1+P, Dv]) -> {task: logits [B, C]} in config order (softmax
+        or cached image_features= [B, 5, 1+P, Dv] / image_hidden=) -> {task: logits [B, C]} in config order (softmax
         probabilities with return_probs=True)."""
         logits = self.head(self.encode(input_ids, attention_mask, **inputs))
         if return_probs:
@@ -374,8 +368,11 @@ class SyDES(Checkpointable, nn.Module):
         for head in self.heads.values():
             head.proj2.apply(init_module)
 
-    def freeze_image_encoder(self, frozen: bool = True) -> None:
+    def freeze_image_encoder(self, frozen: bool = True, *, tail_blocks: int = 0) -> None:
+        """Freeze (or not) the image encoder, but its last `tail_blocks` layers and output norm."""
         self.image_encoder.requires_grad_(not frozen)
+        for m in self.image_encoder.tail_modules(tail_blocks) if frozen and tail_blocks else ():
+            m.requires_grad_(True)
 
     def freeze_image_decoder(self, frozen: bool = True) -> None:
         """Freeze the MAE branch (the reference's fine-tune also freezes the text->patch queries)."""

@@ -43,6 +43,9 @@ class TrainOptions:
     trim_padding: bool = True  # cut each batch's token padding to its longest caption (exact: see data.py)
     text_cache: bool = False  # frozen text encoder (lr 0): compute its outputs once, in memory
     loss_weights: dict[str, float] = field(default_factory=dict)  # overrides of the stage's (training.losses)
+    # fine-tune: the image encoder's last N layers (and its output norm) train at lrs["image_encoder"]; the
+    # feature cache then holds the hidden state before them
+    image_tail_blocks: int = 0
 
     def validate(self) -> TrainOptions:
         check_stage(self.stage)
@@ -56,6 +59,11 @@ class TrainOptions:
         if self.feature_cache and self.stage != "finetune" and self.lrs.get("image_encoder", None) != 0:
             raise ConfigError("the feature cache needs a frozen image encoder: use it with finetune only, or with "
                               "pretrain and an image_encoder learning rate of 0")
+        if self.image_tail_blocks < 0:
+            raise ConfigError(f"image_tail_blocks must be >= 0, got {self.image_tail_blocks}")
+        if self.image_tail_blocks and (self.stage != "finetune" or not self.lrs.get("image_encoder", 0) > 0):
+            raise ConfigError("image_tail_blocks trains the image encoder's last layers: it needs the finetune "
+                              "stage and an image_encoder learning rate > 0")
         if self.loss_weights:
             from training.losses import loss_weights
 

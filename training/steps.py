@@ -43,13 +43,14 @@ RECIPE_LRS = {
 }
 
 
-def prepare_model_for_stage(model: torch.nn.Module, stage: str, *, fresh_finetune: bool) -> None:
-    """Freeze / re-init per the recipe. Fine-tune: image encoder + image decoder frozen, heads trainable and
-    (when starting from a pretrained checkpoint) the last head layer re-initialised. Pretrain: heads frozen
-    (no classification loss), everything else trainable."""
+def prepare_model_for_stage(model: torch.nn.Module, stage: str, *, fresh_finetune: bool,
+                            image_tail_blocks: int = 0) -> None:
+    """Freeze / re-init per the recipe. Fine-tune: image encoder (but its last `image_tail_blocks` layers) +
+    image decoder frozen, heads trainable and (when starting from a pretrained checkpoint) the last head layer
+    re-initialised. Pretrain: heads frozen (no classification loss), everything else trainable."""
     m = unwrap(model)
     finetune = stage == "finetune"
-    m.freeze_image_encoder(finetune)
+    m.freeze_image_encoder(finetune, tail_blocks=image_tail_blocks if finetune else 0)
     m.freeze_image_decoder(finetune)
     m.heads.requires_grad_(finetune)
     if finetune and fresh_finetune:
@@ -80,9 +81,10 @@ def _model_inputs(batch: dict[str, Any], stage: str = "finetune") -> dict[str, A
     cached `text_hidden` of a batch, as the model's keyword inputs. Pretraining with cached image features
     still gets the canvases: its masked tiles need the real (frozen) encoder; the cache stands in for the
     global view only (SyDES.forward_encoder)."""
-    keys = ("global_pixels", "canvas_pixels", "image_features", "text_hidden")
+    keys = ("global_pixels", "canvas_pixels", "image_features", "image_hidden", "image_hidden_layer", "text_hidden")
     inputs = {k: batch[k] for k in keys if k in batch}
-    if "image_features" in inputs and stage != "pretrain":  # the cache replaces the pixels
+    cached = "image_features" in inputs or "image_hidden" in inputs
+    if cached and stage != "pretrain":  # the cache replaces the pixels
         inputs.pop("global_pixels", None)
         inputs.pop("canvas_pixels", None)
     return inputs

@@ -163,8 +163,9 @@ class TextClassifier(Checkpointable, nn.Module):
                 groups["text_encoder" if name.startswith("text_encoder.") else "other"].append(p)
         return groups
 
-    def freeze_image_encoder(self, frozen: bool = True) -> None:  # nothing to freeze: no image path
-        pass
+    def freeze_image_encoder(self, frozen: bool = True, *, tail_blocks: int = 0) -> None:  # no image path
+        if tail_blocks:
+            raise ConfigError("the text-only model has no image encoder: image_tail_blocks must be 0")
 
     def freeze_image_decoder(self, frozen: bool = True) -> None:
         pass

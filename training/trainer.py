@@ -95,7 +95,8 @@ class Trainer:
             from training.feature_cache import CachedFeatureDataset, FeatureCache
 
             self.cache = FeatureCache(opts.feature_cache, model, device=self.device,
-                                      dtype=getattr(torch, opts.feature_cache_dtype))
+                                      dtype=getattr(torch, opts.feature_cache_dtype),
+                                      tail_blocks=opts.image_tail_blocks)
             self.cache.fill(train, pcfg, batch_size=opts.batch_size, progress=opts.progress and self.dist.main)
             if dev:
                 self.cache.fill(dev, pcfg, batch_size=opts.batch_size, progress=opts.progress and self.dist.main)
@@ -110,7 +111,8 @@ class Trainer:
             self.train_ds = CachedTextDataset(self.train_ds, hid[0])
             if self.dev_ds is not None:
                 self.dev_ds = CachedTextDataset(self.dev_ds, hid[1])
-        prepare_model_for_stage(self.model, opts.stage, fresh_finetune=init_from is not None)
+        prepare_model_for_stage(self.model, opts.stage, fresh_finetune=init_from is not None,
+                                image_tail_blocks=opts.image_tail_blocks)
         self.sampler = ResumableSampler(len(self.train_ds), seed=opts.seed, shuffle=True, rank=self.dist.rank,
                                         world_size=self.dist.world)
         self.micro_per_epoch = math.ceil(self.sampler.per_rank() / opts.batch_size)

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_arguments(p: argparse.ArgumentParser) -> None:
-    from export.recipe import ABLATIONS, RECIPE_PRESETS, VARIANTS
+    from export.recipe_options import ABLATIONS, RECIPE_PRESETS, VARIANTS
     from training.commands.train import text_arguments
 
     p.add_argument("--preset", required=True, choices=RECIPE_PRESETS)

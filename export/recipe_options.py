@@ -1,0 +1,96 @@
+"""What a `sydes train recipe` run is told (RecipeOptions, validated up front), its named presets, variants and
+ablations, the learning rates it trains with, and the stratified selection split (export/recipe.py runs it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sdk.errors import ConfigError
+from sdk.text_fields import TextFields
+
+RECIPE_PRESETS = ("edge", "text-only", "tiny_vit_bert")
+ABLATIONS = ("global-only", "image-only")
+# Candidates for RUN/best besides the preset trained from the pretrained encoders. warm-text: the text
+# encoder starts from the fine-tuned baseline's, so the fused model does not have to relearn from the
+# image path what the text alone already gives (multimodal models under-train their stronger modality).
+# structure-loss: the CE plus training.losses.structure_loss (-log of the posterior mass on valid combinations).
+# image-tail: the image encoder's last IMAGE_TAIL_BLOCKS layers (and output norm) train too, at IMAGE_TAIL_LR;
+# its feature cache is cut before them (a second cache fill, about the first one's cost).
+VARIANTS = ("warm-text", "structure-loss", "image-tail")
+STRUCTURE_LOSS_WEIGHT = 1.0
+IMAGE_TAIL_BLOCKS = 1
+IMAGE_TAIL_LR = 5e-5  # the text encoder's: the rate that fine-tunes a pretrained encoder here
+BASELINE = "text-only"
+# Learning rates by parameter group. The text encoder is trained at the rate that fine-tunes MiniLM well
+# on its own; the freshly initialised decoder / pooling / heads learn faster. SYDES.md's fine-tune rates
+# (2e-4 / 1e-4) are for 50 epochs of 6k posts; this recipe has a few hundred steps, hence 3e-4.
+MODEL_LRS = {"image_encoder": 0.0, "text_encoder": 5e-5, "text_decoder": 3e-4, "other": 3e-4}
+BASELINE_LRS = {"text_encoder": 5e-5, "other": 1e-3}
+
+
+@dataclass
+class RecipeOptions:
+    preset: str = "edge"
+    epochs: int = 6
+    baseline_epochs: int = 6
+    patience: int = 2  # evaluations on the selection slice without improvement before stopping
+    batch_size: int = 32
+    select_fraction: float = 0.15
+    seed: int = 0
+    baseline: bool = True
+    ablations: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    int8: bool = True
+    int8_calib_samples: int = 256
+    device: str = "auto"
+    progress: bool = True
+    limit: int | None = None  # rows per split (smoke runs)
+    # the columns the text is built from (sdk.text_fields.TextFields), for the baseline and the model alike
+    text_fields: tuple[str, ...] = ("Caption",)
+    text_separator: str = " "
+    model_lrs: dict[str, float] = field(default_factory=lambda: dict(MODEL_LRS))
+    baseline_lrs: dict[str, float] = field(default_factory=lambda: dict(BASELINE_LRS))
+
+    def validate(self) -> RecipeOptions:
+        if self.preset not in RECIPE_PRESETS:
+            raise ConfigError(f"unknown recipe preset {self.preset!r}; valid: {', '.join(RECIPE_PRESETS)}")
+        bad = [a for a in self.ablations if a not in ABLATIONS]
+        if bad:
+            raise ConfigError(f"unknown ablation(s) {bad}; valid: {', '.join(ABLATIONS)}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
+        if (self.ablations or self.variants) and self.preset == BASELINE:
+            raise ConfigError("ablations and variants change the image model: they need an image preset, not text-only")
+        if "warm-text" in self.variants and not self.baseline:
+            raise ConfigError("the warm-text variant starts from the baseline: it needs the baseline stage")
+        if not 0.0 < self.select_fraction < 0.5:
+            raise ConfigError(f"select_fraction must be in (0, 0.5), got {self.select_fraction}")
+        for name in ("epochs", "baseline_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.text_fields = self.text_recipe().fields  # "Title,Caption" or a list -> a tuple of names
+        return self
+
+    def text_recipe(self) -> TextFields:
+        return TextFields(TextFields.of(self.text_fields).fields, self.text_separator)
+
+
+def stratified_split(rows: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices (fit, select): `fraction` of each label combination (rows [N, T]) goes to select, at
+    least one of every combination seen >= 2 times; deterministic in `seed`."""
+    rng = np.random.default_rng(seed)
+    strata: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(np.asarray(rows)):
+        strata.setdefault(tuple(int(v) for v in r), []).append(i)
+    select: list[int] = []
+    for key in sorted(strata):
+        idx = strata[key]
+        if len(idx) < 2:
+            continue
+        k = max(1, int(round(fraction * len(idx))))
+        select.extend(int(i) for i in rng.permutation(idx)[:k])
+    chosen = set(select)
+    return [i for i in range(len(rows)) if i not in chosen], sorted(select)
