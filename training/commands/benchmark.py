@@ -23,14 +23,12 @@ def _torch_compare(ckpt: Path, az, feeds_by_b: dict[int, dict], iters: int, warm
     try:
         import torch
 
-        from training.model import SyDES
+        from training.checkpoints import load_model  # imports the model families (transformers)
     except ModuleNotFoundError as e:
         raise MissingExtraError(e.name or "torch", "train", "needed by --compare") from e
     import numpy as np
 
     from sdk.commands.benchmark import _time, percentiles
-
-    from training.checkpoints import load_model
 
     model = load_model(ckpt)  # SyDES or the text-only family (which takes no pixels)
     out: dict[str, Any] = {"checkpoint": str(ckpt), "torch": torch.__version__, "per_batch": {}}
