@@ -23,7 +23,7 @@ def _torch_compare(ckpt: Path, az, feeds_by_b: dict[int, dict], iters: int, warm
     try:
         import torch
 
-        from training.checkpoints import load_model  # imports the model families (transformers)
+        from training.checkpoints import load_model
     except ModuleNotFoundError as e:
         raise MissingExtraError(e.name or "torch", "train", "needed by --compare") from e
     import numpy as np
