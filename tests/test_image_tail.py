@@ -28,6 +28,9 @@ def test_encoder_cut_between_layers_is_exact(preset):
     enc = model.image_encoder.eval()
     x = torch.randn(3, 3, 224, 224)
     with torch.no_grad():
+        for ln in (m for m in enc.modules() if isinstance(m, torch.nn.LayerNorm)):  # not idempotent, as trained ones
+            ln.weight.normal_()
+            ln.bias.normal_()
         full = enc(x)  # [3, 1+P, D]
         for k in range(enc.num_layers + 1):
             h = enc.encode_layers(enc.embed(x), 0, k)

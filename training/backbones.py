@@ -118,8 +118,10 @@ class VisionEncoder(nn.Module):
         last layer (its output norm included unless norm=False). Equal to `encode` for (0, num_layers)."""
         if not 0 <= start <= stop <= self.num_layers:
             raise ConfigError(f"image encoder layers [{start}, {stop}) outside its {self.num_layers} layers")
+        if start == stop:  # nothing to run: (0, 0) is embed's output, (L, L) encode's, as they are
+            return h
         m = self.vision_model
-        if start == 0 < stop and self.kind == "clip":  # (0, 0) returns embed's output as it is
+        if start == 0 and self.kind == "clip":
             h = m.pre_layrnorm(h)
         for layer in list(self.layers)[start:stop]:
             out = layer(h, None)
