@@ -93,7 +93,7 @@ class VisionEncoder(nn.Module):
             return m.encoder(inputs_embeds=m.pre_layrnorm(tokens)).last_hidden_state
         if self.kind == "dinov2":
             return m.layernorm(m.encoder(tokens).last_hidden_state)
-        return m.layernorm(self.encode_layers(tokens, 0, self.num_layers, norm=False))
+        return self.encode_layers(tokens, 0, self.num_layers)  # ViT: the layers (wherever the version keeps them), its norm
 
     # ---- the encoder cut between two layers (feature cache before the trained last layers) -------------
     @property
@@ -112,10 +112,10 @@ class VisionEncoder(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def encode_layers(self, h: torch.Tensor, start: int, stop: int, *, norm: bool = True) -> torch.Tensor:
+    def encode_layers(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Layers [start, stop) of `encode`: tokens (start 0: `embed`'s output; else the hidden state after
         layer start-1) [N, T, D] -> the hidden state after layer stop-1, or `encode`'s output when stop is the
-        last layer (its output norm included unless norm=False). Equal to `encode` for (0, num_layers)."""
+        last layer (its output norm included). Equal to `encode` for (0, num_layers)."""
         if not 0 <= start <= stop <= self.num_layers:
             raise ConfigError(f"image encoder layers [{start}, {stop}) outside its {self.num_layers} layers")
         if start == stop:  # nothing to run: (0, 0) is embed's output, (L, L) encode's, as they are
@@ -126,7 +126,7 @@ class VisionEncoder(nn.Module):
         for layer in list(self.layers)[start:stop]:
             out = layer(h, None)
             h = out[0] if isinstance(out, tuple) else out
-        if stop == self.num_layers and norm and self.kind != "clip":  # CLIP's last hidden state has no norm
+        if stop == self.num_layers and self.kind != "clip":  # CLIP's last hidden state has no norm
             h = m.layernorm(h)
         return h
 
