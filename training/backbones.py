@@ -93,7 +93,7 @@ class VisionEncoder(nn.Module):
             return m.encoder(inputs_embeds=m.pre_layrnorm(tokens)).last_hidden_state
         if self.kind == "dinov2":
             return m.layernorm(m.encoder(tokens).last_hidden_state)
-        return self.encode_layers(tokens, 0, self.num_layers)  # ViT: the layers (wherever the version keeps them), its norm
+        return self.encode_layers(tokens, 0, self.num_layers)  # ViT: its layers, then its norm
 
     # ---- the encoder cut between two layers (feature cache before the trained last layers) -------------
     @property
