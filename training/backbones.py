@@ -88,12 +88,7 @@ class VisionEncoder(nn.Module):
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [N, T, D] -> last hidden state [N, T, D] (no attention mask: every token is real)."""
-        m = self.vision_model
-        if self.kind == "clip":
-            return m.encoder(inputs_embeds=m.pre_layrnorm(tokens)).last_hidden_state
-        if self.kind == "dinov2":
-            return m.layernorm(m.encoder(tokens).last_hidden_state)
-        return self.encode_layers(tokens, 0, self.num_layers)  # ViT: its layers, then its norm
+        return self.encode_layers(tokens, 0, self.num_layers)
 
     # ---- the encoder cut between two layers (feature cache before the trained last layers) -------------
     @property
@@ -138,7 +133,7 @@ class VisionEncoder(nn.Module):
                 raise ConfigError(f"a batch mixes image features cut after different layers: {layer.tolist()}")
             layer = int(layer.reshape(-1)[0])
         lead = hidden.shape[:-2]
-        out = self.encode_layers(hidden.reshape(-1, *hidden.shape[-2:]), int(layer), self.num_layers)
+        out = self.encode_layers(hidden.reshape(-1, *hidden.shape[-2:]), layer, self.num_layers)
         return out.reshape(*lead, *out.shape[-2:])
 
     def tail_modules(self, blocks: int) -> list[nn.Module]:

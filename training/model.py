@@ -171,7 +171,8 @@ class SyDES(Checkpointable, nn.Module):
                **views: torch.Tensor) -> Features:
         """ids, mask [B, L] and pixels / views, or cached `image_features` [B, V, 1+P, Dv] (image_features'
         output, V = 5 or the cache's 1-view ablations) or `image_hidden` after `image_hidden_layer` layers
-        (image_features(layer=k); the remaining, trainable layers run here), and `text_hidden` [B, L, Dt] (the text encoder's output) -> Features."""
+        (image_features(layer=k); the remaining, trainable layers run here), and `text_hidden` [B, L, Dt] (the
+        text encoder's output) -> Features."""
         if image_hidden is not None:
             if image_features is not None or image_hidden_layer is None:
                 raise ConfigError("image_hidden= needs image_hidden_layer= and no image_features=")
