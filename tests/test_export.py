@@ -55,8 +55,17 @@ def test_fp32_bundle_matches_torch(fp32_bundle, work) -> None:
     import onnx
 
     # cpu target, opset 23: every attention (vision, text, both decoder blocks) is one Attention op
-    ops = [n.op_type for n in onnx.load(str(b.path / "model.onnx")).graph.node]
+    graph = onnx.load(str(b.path / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
     assert ops.count("Attention") == 8
+    # ... fed 3-D projections (export.attention): no Transpose in front of any, heads as attributes
+    assert prov["optimisation"]["attention"] == {"attention_3d": 8, "attention_kept": 0,
+                                                 "nodes_removed": prov["optimisation"]["attention"]["nodes_removed"]}
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    for n in graph.node:
+        if n.op_type == "Attention":
+            assert {producer.get(i) for i in n.input[:3]} & {"Transpose", "Reshape"} == set()
+            assert {a.name for a in n.attribute} >= {"q_num_heads", "kv_num_heads"}
     assert prov["calibration"] is None and m.calibration_report is None
     assert (b.path / "engines").is_dir() and m.tokenizer.trim_padding
     card = (b.path / "README.md").read_text()
@@ -131,6 +140,7 @@ def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
 
     ops = {n.op_type for n in onnx.load(str(int8.bundle / "model.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert m["provenance"]["optimisation"]["attention"]["attention_3d"] == 8  # quantised after the rewrite
     for bundle in (fp16.bundle, int8.bundle):
         with Analyzer(bundle, backend="onnxruntime", device="cpu", warmup=False) as a:
             res = a.analyze_batch([(np.full((300, 200, 3), 90, np.uint8), "a dog"),
@@ -146,6 +156,7 @@ def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
     assert sch["activation_type"] == "QInt8" and sch["activation_symmetric"] and sch["per_channel"]
     assert trt.manifest["provenance"]["opset"] == 18  # the tensorrt target's default
     assert "Attention" not in {n.op_type for n in onnx.load(str(trt.bundle / "model.onnx")).graph.node}
+    assert "attention" not in trt.manifest["provenance"]["optimisation"]  # a portable 4-D graph for TensorRT
 
 
 def test_tampered_bundle_is_refused(fp32_bundle, work) -> None:
