@@ -71,6 +71,8 @@ class ExportOptions:
     tolerance: float = FP32_TOLERANCE
     name: str | None = None
     fusions: bool = False          # onnxruntime-only contrib fusions (cpu target; not portable)
+    attention_3d: bool = True      # onnxruntime targets: Attention on 3-D inputs (export.attention); False: the
+                                   # exporter's 4-D form (what benchmarks/cpu_peers.py compares against)
     check_analyzer: bool = True
     openvino_quant: dict[str, Any] | None = None  # --target openvino INT8: overrides of export.openvino.QUANT_OPTIONS
     max_batch: int = 32            # TensorRT profile: batch 1..max_batch (--format tensorrt)
@@ -227,7 +229,7 @@ def _optimise(job: _Job, raw: Path, ref: dict[str, Any]) -> tuple[Path, dict[str
     with job.sw("optimise"):
         opt = job.tmp / "optimised.onnx"
         info = optimize_basic(raw, opt)
-        if opts.target in ATTENTION_3D_TARGETS:  # verified with the rest below (check_fp32)
+        if opts.attention_3d and opts.target in ATTENTION_3D_TARGETS:  # verified with the rest below (check_fp32)
             att = job.tmp / "attention3d.onnx"
             info["attention"] = rewrite_attention(opt, att)
             if info["attention"]["attention_3d"]:
