@@ -131,6 +131,11 @@ def _prune(graph: Any, dead: Iterable[Any]) -> int:
     keep = [n for n in graph.node if id(n) not in drop]
     removed = len(graph.node) - len(keep)
     outputs = {o.name for o in graph.output}
+    if any(a.g.node or a.graphs for n in keep for a in n.attribute):
+        # If / Loop bodies read outer names that no node input lists: sweep nothing beyond the rewrite's nodes
+        del graph.node[:]
+        graph.node.extend(keep)
+        return removed
     while True:
         used = {i for n in keep for i in n.input} | outputs
         alive = [n for n in keep if any(o in used for o in n.output)]

@@ -101,3 +101,19 @@ def test_a_head_tensor_used_elsewhere_is_left_alone():
     model = _graph()
     model.graph.output.append(helper.make_tensor_value_info("qh", TensorProto.FLOAT, None))
     assert attention_3d(model)["attention_3d"] == 0
+
+
+def test_a_graph_with_subgraphs_keeps_everything_else():
+    """If / Loop bodies read outer names no node input lists: only the rewrite's own nodes go."""
+    model = _graph()
+    body = helper.make_graph([helper.make_node("Identity", ["shape_out"], ["sub_out"])], "body", [],
+                             [helper.make_tensor_value_info("sub_out", TensorProto.INT64, None)])
+    model.graph.node.extend([
+        helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True))),
+        helper.make_node("If", ["cond"], ["if_out"], then_branch=body, else_branch=body)])
+    model.graph.output.append(helper.make_tensor_value_info("if_out", TensorProto.INT64, None))
+    n_inits = len(model.graph.initializer)
+    counts = attention_3d(model)
+    assert counts["attention_3d"] == 1
+    assert len(model.graph.initializer) == n_inits  # shape_out, read inside the If body, stays
+    assert "Concat" in [n.op_type for n in model.graph.node]  # no sweep: dead shape arithmetic is left
