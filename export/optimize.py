@@ -86,18 +86,24 @@ def transformer_fusions(src: str | Path, dst: str | Path | None = None, num_head
             and v > before.get(k, 0)}
 
 
+# onnxruntime runs `Attention` on 3-D inputs (faster on some CPUs, level on others: export.attention); OpenVINO
+# and TensorRT keep the exporter's 4-D form, which their attention fusions are written against
+ATTENTION_3D_TARGETS = ("cpu", "cpu-dynamic")
 # protobuf's limit for one file; above it the weights go to external data next to the graph
 _PROTO_LIMIT = 2**31 - 2**26
 
 
-def rewrite_attention(src: str | Path, dst: str | Path) -> dict[str, int]:
-    """export.attention.attention_3d on the graph file `src`, saved to `dst`; returns its counts."""
+def rewrite_attention(src: str | Path, dst: str | Path) -> tuple[Path, dict[str, int]]:
+    """export.attention.attention_3d on the graph file `src`, saved to `dst` -> (the graph to use: `dst`, or `src`
+    where nothing matched, its counts)."""
     import onnx
 
     from export.attention import attention_3d
 
     model = onnx.load(str(src))
     counts = attention_3d(model)
+    if not counts["attention_3d"]:
+        return Path(src), counts
     large = model.ByteSize() > _PROTO_LIMIT
     onnx.save(model, str(dst), save_as_external_data=large, location=Path(dst).name + ".data" if large else None)
-    return counts
+    return Path(dst), counts

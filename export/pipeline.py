@@ -71,8 +71,7 @@ class ExportOptions:
     tolerance: float = FP32_TOLERANCE
     name: str | None = None
     fusions: bool = False          # onnxruntime-only contrib fusions (cpu target; not portable)
-    attention_3d: bool = True      # onnxruntime targets: Attention on 3-D inputs (export.attention); False: the
-                                   # exporter's 4-D form (what benchmarks/cpu_peers.py compares against)
+    attention_3d: bool = True      # onnxruntime targets: Attention on 3-D inputs (export.attention); False: 4-D
     check_analyzer: bool = True
     openvino_quant: dict[str, Any] | None = None  # --target openvino INT8: overrides of export.openvino.QUANT_OPTIONS
     max_batch: int = 32            # TensorRT profile: batch 1..max_batch (--format tensorrt)
@@ -215,14 +214,9 @@ def _export_raw(job: _Job, ref: dict[str, Any]) -> tuple[Path, bool]:
     return raw, hit
 
 
-# onnxruntime runs `Attention` on 3-D inputs (measured faster: export.attention); OpenVINO and TensorRT keep the
-# exporter's 4-D form, which their attention fusions are written against
-ATTENTION_3D_TARGETS = ("cpu", "cpu-dynamic")
-
-
 def _optimise(job: _Job, raw: Path, ref: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """Basic optimisation (+ contrib fusions where asked and harmless) -> (graph, info, its comparison)."""
-    from export.optimize import optimize_basic, rewrite_attention, transformer_fusions
+    from export.optimize import ATTENTION_3D_TARGETS, optimize_basic, rewrite_attention, transformer_fusions
     from export.verify import compare, onnx_probs
 
     opts = job.opts
@@ -230,10 +224,7 @@ def _optimise(job: _Job, raw: Path, ref: dict[str, Any]) -> tuple[Path, dict[str
         opt = job.tmp / "optimised.onnx"
         info = optimize_basic(raw, opt)
         if opts.attention_3d and opts.target in ATTENTION_3D_TARGETS:  # verified with the rest below (check_fp32)
-            att = job.tmp / "attention3d.onnx"
-            info["attention"] = rewrite_attention(opt, att)
-            if info["attention"]["attention_3d"]:
-                opt = att
+            opt, info["attention"] = rewrite_attention(opt, job.tmp / "attention3d.onnx")
         fused: dict[str, int] = {}
         if opts.fusions and opts.target == "cpu" and opts.precision in ("fp32", "fp16"):
             fused_path = job.tmp / "fused.onnx"
