@@ -5,8 +5,8 @@
 2. torch.onnx.export (dynamo) of ExportGraph: uint8 pixels + ids -> probs_<task>, dynamic batch / length
    (TextExportGraph for a text-only model: ids + mask -> probs_<task>; the manifest's preprocess is null);
 3. verify the raw graph against torch (FP32 max |dp| <= tolerance, else ExportValidationError);
-4. optimise (portable onnxruntime basic level; with --fusions, for --target cpu, onnxruntime.transformers'
-   contrib-op fusions when they apply and verify);
+4. optimise (portable onnxruntime basic level; onnxruntime targets: Attention on 3-D inputs; with --fusions,
+   for --target cpu, onnxruntime.transformers' contrib-op fusions when they apply and verify);
 5. convert to the precision (fp32 / fp16 / int8 with calibration, cached);
 6. verify the final graph against torch (figures into the manifest), and for reduced precisions with
    calibration data, compare with FP32 on a held-out slice (top-1 agreement, macro-F1 drop);
