@@ -87,7 +87,7 @@ def transformer_fusions(src: str | Path, dst: str | Path | None = None, num_head
 
 
 # onnxruntime runs `Attention` on 3-D inputs (faster on some CPUs, level on others: export.attention); OpenVINO
-# and TensorRT keep the exporter's 4-D form, which their attention fusions are written against
+# converts both forms to one model, and the tensorrt target's opset 18 has no Attention op
 ATTENTION_3D_TARGETS = ("cpu", "cpu-dynamic")
 # protobuf's limit for one file; above it the weights go to external data next to the graph
 _PROTO_LIMIT = 2**31 - 2**26
