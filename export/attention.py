@@ -30,7 +30,6 @@ class _Graph:
     def __init__(self, graph: Any) -> None:
         from onnx import numpy_helper
 
-        self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list[Any]] = {}
         for n in graph.node:
@@ -131,12 +130,9 @@ def _prune(graph: Any, dead: Iterable[Any]) -> int:
     keep = [n for n in graph.node if id(n) not in drop]
     removed = len(graph.node) - len(keep)
     outputs = {o.name for o in graph.output}
-    if any(a.g.node or a.graphs for n in keep for a in n.attribute):
-        # If / Loop bodies read outer names that no node input lists: sweep nothing beyond the rewrite's nodes
-        del graph.node[:]
-        graph.node.extend(keep)
-        return removed
-    while True:
+    # If / Loop bodies read outer names that no node input lists: there, sweep nothing beyond the rewrite's nodes
+    sweep = not any(a.g.node or a.graphs for n in keep for a in n.attribute)
+    while sweep:
         used = {i for n in keep for i in n.input} | outputs
         alive = [n for n in keep if any(o in used for o in n.output)]
         if len(alive) == len(keep):
@@ -145,10 +141,11 @@ def _prune(graph: Any, dead: Iterable[Any]) -> int:
         keep = alive
     del graph.node[:]
     graph.node.extend(keep)
-    used = {i for n in keep for i in n.input} | outputs  # initializers only the removed shape arithmetic read
-    inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    if sweep:  # initializers only the removed shape arithmetic read
+        used = {i for n in keep for i in n.input} | outputs
+        inits = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
     return removed
 
 
@@ -167,23 +164,22 @@ def attention_3d(model: Any) -> dict[str, int]:
         if any(h is None for h in heads_in) or merge is None:
             kept += 1
             continue
-        head_size = {h[2] for h in heads_in}  # type: ignore[index]
-        q_heads, kv_heads = heads_in[0][1], heads_in[1][1]  # type: ignore[index]
+        (xq, q_heads, d), (xk, kv_heads, dk), (xv, _, dv) = heads_in  # type: ignore[misc]
+        if not d == dk == dv:
+            kept += 1
+            continue
         if (q_heads is None or kv_heads is None) and sizes is None:
-            sizes = _hidden_sizes(model)
-        if q_heads is None:
-            q_heads = (sizes or {}).get(heads_in[0][0], 0) // heads_in[0][2]  # type: ignore[index]
-        if kv_heads is None:
-            kv_heads = (sizes or {}).get(heads_in[1][0], 0) // heads_in[1][2]  # type: ignore[index]
-        if len(head_size) != 1 or q_heads <= 0 or kv_heads <= 0:
+            sizes = _hidden_sizes(model)  # a "-1" head count: heads = hidden / d
+        q_heads = q_heads or (sizes or {}).get(xq, 0) // d
+        kv_heads = kv_heads or (sizes or {}).get(xk, 0) // d
+        if q_heads <= 0 or kv_heads <= 0:
             kept += 1
             continue
         chain, out_name = merge
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
                  if a.name not in ("q_num_heads", "kv_num_heads")}
-        new = onnx.helper.make_node(
-            "Attention", [h[0] for h in heads_in] + list(node.input[3:]), [out_name],  # type: ignore[index]
-            name=node.name + "_3d", q_num_heads=q_heads, kv_num_heads=kv_heads, **attrs)
+        new = onnx.helper.make_node("Attention", [xq, xk, xv, *node.input[3:]], [out_name], name=node.name + "_3d",
+                                    q_num_heads=q_heads, kv_num_heads=kv_heads, **attrs)
         model.graph.node.insert(list(model.graph.node).index(node), new)
         for i in node.input[:3]:
             t = g.producer[i]
