@@ -8,7 +8,7 @@ that was interrupted continues from its own `last/` checkpoint):
     baseline  the text-only model (same text encoder, mean pooling + a linear layer per task)
     features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
     model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
-    <variant> optional candidates for best (warm-text, structure-loss, image-tail); <ablation> diagnostics
+    <variant> optional candidates for best (warm-text, structure-loss, image-tail, unimodal); <ablation> diagnostics
               (global-only, image-only)
     decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
     best      RUN/best/: the candidate (model or a variant) best on the selection slice, with its label
@@ -38,6 +38,7 @@ from export.recipe_options import (
     IMAGE_TAIL_BLOCKS,
     IMAGE_TAIL_LR,
     STRUCTURE_LOSS_WEIGHT,
+    UNIMODAL_LOSS_WEIGHT,
     RecipeOptions,
     stratified_split,
 )
@@ -46,6 +47,7 @@ from sdk.errors import ConfigError
 from sdk.text_fields import TextFields
 
 log = logging.getLogger(__name__)
+VARIANT_LOSS_WEIGHTS = {"structure-loss": {"structure": STRUCTURE_LOSS_WEIGHT}, "unimodal": {"unimodal": UNIMODAL_LOSS_WEIGHT}}
 
 
 class Recipe:
@@ -159,6 +161,8 @@ class Recipe:
 
                 base = load_model(self.out / "baseline" / "best")
                 model.text_encoder.load_state_dict(base.text_encoder.state_dict())
+            elif variant == "unimodal":
+                model.add_unimodal_heads()
         model.config.label_structure = self._structure()
         model.config.tokenizer.set_text_recipe(self.opts.text_recipe())  # recorded in every checkpoint
         return model, load_tokenizer(model.config)
@@ -203,7 +207,7 @@ class Recipe:
             patience=self.opts.patience, seed=self.opts.seed, device=self.opts.device, progress=self.opts.progress,
             save_every=10**9, log_every=10, feature_cache=self._cache_dir() if uses_images else None,
             feature_cache_dtype="float16",
-            loss_weights={"structure": STRUCTURE_LOSS_WEIGHT} if variant == "structure-loss" else {})
+            loss_weights=VARIANT_LOSS_WEIGHTS.get(variant or "", {}))
         trainer = Trainer(model, fit, select, tok, self.out / name, opts)
         if ablation == "global-only":
             from training.feature_cache import global_view_only

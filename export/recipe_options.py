@@ -18,8 +18,12 @@ ABLATIONS = ("global-only", "image-only")
 # structure-loss: the CE plus training.losses.structure_loss (-log of the posterior mass on valid combinations).
 # image-tail: the image encoder's last IMAGE_TAIL_BLOCKS layers (and output norm) train too, at IMAGE_TAIL_LR;
 # its feature cache is cut before them (a second cache fill, about the first one's cost).
-VARIANTS = ("warm-text", "structure-loss", "image-tail")
+# unimodal: training-only linear heads on the image summary and on the text tokens alone, their CE added with
+# UNIMODAL_LOSS_WEIGHT (SyDES.add_unimodal_heads): the fused model otherwise leans on the text, and the image
+# path learns only what the text leaves over; inference is unchanged.
+VARIANTS = ("warm-text", "structure-loss", "image-tail", "unimodal")
 STRUCTURE_LOSS_WEIGHT = 1.0
+UNIMODAL_LOSS_WEIGHT = 1.0  # not tuned: each modality's CE weighs as much as the fused one
 IMAGE_TAIL_BLOCKS = 1
 IMAGE_TAIL_LR = 5e-5  # the text encoder's: the rate that fine-tunes a pretrained encoder here
 BASELINE = "text-only"

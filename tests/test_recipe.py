@@ -36,7 +36,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
-                         int8_calib_samples=16, variants=("warm-text", "structure-loss", "image-tail"))
+                         int8_calib_samples=16, variants=("warm-text", "structure-loss", "image-tail", "unimodal"))
     recipe = Recipe(data, run, opts)
     report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
@@ -48,7 +48,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["baseline_int8"]["modes"]["joint"]["contradictions"] == 0
     assert json.loads((run / "baseline-int8.sydes" / "manifest.json").read_text())["preprocess"] is None
     assert "Dev margin of model over the text-only baseline" in md and "paired bootstrap" in md
-    assert set(report["margins"]) == {"model", "warm-text", "structure-loss", "image-tail"}
+    assert set(report["margins"]) == {"model", "warm-text", "structure-loss", "image-tail", "unimodal"}
     # selection never saw dev; the table is learnt from the fit rows only
     split = json.loads((run / "stages" / "data.json").read_text())
     assert len(split["fit"]) + len(split["select"]) == 40 and split["dev"] == 16
@@ -62,7 +62,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["int8"]["modes"]["joint"]["contradictions"] == 0
     # the variant is a candidate for best, chosen on the selection slice; it starts from the baseline's encoder
     models = report["decoding"]
-    best = max(("model", "warm-text", "structure-loss", "image-tail"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
+    best = max(("model", "warm-text", "structure-loss", "image-tail", "unimodal"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
     assert report["best"]["candidate"] == best and "candidate best on the selection slice" in md
     from training.checkpoints import load_model
 
@@ -75,6 +75,11 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
         return [r["structure"] for r in rows if r.get("event") == "train"]
     assert logged("structure-loss") and all(v > 0 for v in logged("structure-loss"))
     assert logged("model") and all(v == 0 for v in logged("model"))
+    # unimodal: trained with the unimodal heads' CE, saved with them; the model without
+    uni = [json.loads(line) for line in (run / "unimodal" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["unimodal"] > 0 for r in uni if r.get("event") == "train")
+    assert load_model(run / "unimodal" / "best").config.unimodal_heads
+    assert not load_model(run / "model" / "best").config.unimodal_heads
     # image-tail: the image encoder's last layer (and output norm) trained, the layers before it did not
     start = recipe._build("tiny_vit_bert")[0].image_encoder.state_dict()
     for name, frozen_expected in (("model", True), ("image-tail", False)):

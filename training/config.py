@@ -153,6 +153,9 @@ class SydesConfig:
     # Edge addition (not in the reference): the heads also see a summary of the global view's patch tokens
     # (mean and max -> LayerNorm -> Linear -> GELU), concatenated to the decoder's pooled text feature.
     image_summary: bool = False
+    # Training only (not in the reference): a linear head per task on each modality alone, whose CE joins the
+    # fused one (modules.UnimodalHeads; the recipe's `unimodal` variant). The inference path never reads them.
+    unimodal_heads: bool = False
     version: int = CONFIG_VERSION
 
     # ---- derived sizes --------------------------------------------------------------------------
@@ -282,6 +285,7 @@ class SydesConfig:
                 dropout=float(d.pop("dropout", 0.1)),
                 label_structure=d.pop("label_structure", None),
                 image_summary=bool(d.pop("image_summary", False)),
+                unimodal_heads=bool(d.pop("unimodal_heads", False)),
             )
         except KeyError as e:
             raise ConfigError(f"SyDES config lacks the field {e.args[0]!r}") from None

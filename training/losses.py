@@ -12,10 +12,12 @@ from sdk.errors import ConfigError
 
 from .options import check_stage
 
-LOSSES = ("itc", "consistency", "kl", "recon", "ce", "structure")
-# structure: not in SYDES.md; off unless asked for (the recipe's `structure-loss` variant, #13)
-PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0, "structure": 0.0}
-FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0, "structure": 0.0}
+LOSSES = ("itc", "consistency", "kl", "recon", "ce", "structure", "unimodal")
+# structure, unimodal: not in SYDES.md; off unless asked for (the recipe's `structure-loss` / `unimodal` variants, #13)
+PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0, "structure": 0.0,
+                    "unimodal": 0.0}
+FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0, "structure": 0.0,
+                    "unimodal": 0.0}
 
 
 def loss_weights(stage: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -67,7 +69,8 @@ def sydes_losses(out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], sta
     """forward_train's outputs -> unweighted losses: itc (symmetric InfoNCE, similarities scaled by
     exp(temperature)); pretrain: consistency (MSE of the decoder's and the image's latents), kl (MAE vs CLIP
     similarity distributions, + entropy), recon (pixel MSE over the dropped patches); ce (summed over
-    `labels`' tasks, logits from out["logits"]); structure (structure_loss over `structure` = (tasks,
+    `labels`' tasks, logits from out["logits"]); unimodal (the same CE of out["unimodal_logits"]' image and text
+    heads, where the model has them); structure (structure_loss over `structure` = (tasks,
     combos), when given and logits were computed, else 0)."""
     img, txt = out["img_latents"], out["text_latents"]
     zero = img.new_zeros(())
@@ -90,6 +93,9 @@ def sydes_losses(out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], sta
     else:
         losses["consistency"] = losses["kl"] = losses["recon"] = zero
     losses["ce"] = sum((F.cross_entropy(out["logits"][t], y) for t, y in labels.items()), start=zero)
+    # the CE of each modality's own heads (config.unimodal_heads), image and text summed
+    uni = out.get("unimodal_logits") or {}
+    losses["unimodal"] = sum((F.cross_entropy(m[t], y) for m in uni.values() for t, y in labels.items()), start=zero)
     logits = out.get("logits")
     losses["structure"] = structure_loss(logits, *structure) if structure is not None and logits else zero
     return losses

@@ -26,7 +26,6 @@ are `heads.<task>.proj1/proj2` here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,44 +47,15 @@ from .modules import (
     TaskHeads,
     TextDecoder,
     Tiler,
+    UnimodalHeads,
     init_module,
     random_masking,
 )
 from .options import check_stage
+from .seam import Features, MaskedFeatures
 
 PARAM_GROUPS = ("image_encoder", "text_encoder", "text_decoder", "image_decoder", "other")
 BACKBONES = ("image_encoder", "text_encoder")  # pretrained (or their library's own init): the rule skips them
-
-
-@dataclass
-class Features:
-    """What `encode` returns and `head` reads (the backbone / head seam).
-
-    memory [B, V*P, Dv]: ln1_post of the image encoder's patch tokens, global view first (V = 5, or 1 for the
-    cache's ablations); image_cls [B, Dv]: the global view's CLS after ln1_post; text_cls [B, Dt];
-    text_tokens [B, L-1, Dt] and text_mask [B, L-1] (the text CLS removed); memory_padding [B, V*P] bool,
-    True = a patch MIM dropped (pretrain only, else None)."""
-
-    memory: torch.Tensor
-    image_cls: torch.Tensor
-    text_cls: torch.Tensor
-    text_tokens: torch.Tensor
-    text_mask: torch.Tensor
-    memory_padding: torch.Tensor | None = None
-
-
-@dataclass
-class MaskedFeatures(Features):
-    """forward_encoder's output in pretraining: Features plus what the MIM decoder and loss need.
-    tiles [B, 4, 3, S, S] (the reconstruction target); tile_hidden [B*4, 1+K, Dv] (the K kept patches
-    encoded); tile_memory [B*4, P, Dv] (kept patches back in place, mask tokens elsewhere); recon_mask
-    [B*4, P] (1 = dropped); ids_restore [B*4, P]."""
-
-    tiles: torch.Tensor | None = None
-    tile_hidden: torch.Tensor | None = None
-    tile_memory: torch.Tensor | None = None
-    recon_mask: torch.Tensor | None = None
-    ids_restore: torch.Tensor | None = None
 
 
 class SyDES(Checkpointable, nn.Module):
@@ -140,6 +110,8 @@ class SyDES(Checkpointable, nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(1.0 / 0.07))
 
         self.init_weights()
+        if config.unimodal_heads:
+            self.add_unimodal_heads()
 
     def init_weights(self) -> None:
         """`init_module` through the module tree (the backbones excepted), then the two exceptions the recipe
@@ -153,6 +125,15 @@ class SyDES(Checkpointable, nn.Module):
             for blk in (*self.text_decoder.resblocks, *self.text_decoder.cross_attn):
                 nn.init.zeros_(blk.attn.out_proj.weight)
                 nn.init.zeros_(blk.mlp.c_proj.weight)
+
+    def add_unimodal_heads(self) -> None:
+        """Attach the training-only modules.UnimodalHeads (image: summarise_image's output; text: its tokens) and
+        set config.unimodal_heads. Created after the rest, so the other modules' init is the same without them."""
+        c = self.config
+        c.unimodal_heads = True
+        image_dim = c.decoder.output_dim if c.image_summary else c.vision.hidden_size
+        self.unimodal = UnimodalHeads(image_dim, c.text.hidden_size, {t: len(v) for t, v in c.tasks.items()})
+        self.unimodal.apply(init_module)
 
     # ---- backbone: encode -> Features ----------------------------------------------------------
     def image_features(self, *, layer: int | None = None, **views: torch.Tensor) -> torch.Tensor:
@@ -240,9 +221,15 @@ class SyDES(Checkpointable, nn.Module):
         """pooled [B, O], memory [B, V*P, Dv] -> {task: logits [B, C]} (with the global-view summary where the
         config has it: the first P memory tokens are the global view's patches)."""
         if self.config.image_summary:
-            g = memory[:, : self.config.num_patches]  # [B, P, Dv] (1 token for the zero-image ablation)
-            pooled = torch.cat([pooled, self.image_summary(torch.cat([g.mean(dim=1), g.amax(dim=1)], dim=-1))], -1)
+            pooled = torch.cat([pooled, self.summarise_image(memory)], -1)
         return self.heads(pooled)
+
+    def summarise_image(self, memory: torch.Tensor) -> torch.Tensor:
+        """memory [B, V*P, Dv] -> the global view's summary [B, O] (image_summary), or its mean patch [B, Dv]."""
+        g = memory[:, : self.config.num_patches]  # [B, P, Dv] (1 token for the zero-image ablation)
+        if not self.config.image_summary:
+            return g.mean(dim=1)
+        return self.image_summary(torch.cat([g.mean(dim=1), g.amax(dim=1)], dim=-1))
 
     def views_from_inputs(self, global_pixels: torch.Tensor | None = None, canvas_pixels: torch.Tensor | None = None,
                           global_view: torch.Tensor | None = None, tiles: torch.Tensor | None = None
@@ -326,6 +313,8 @@ class SyDES(Checkpointable, nn.Module):
         out["text_latents"] = self.text_to_latents(f.text_cls)
         if need_logits:
             out["logits"] = self.head(f)
+            if self.config.unimodal_heads:
+                out["unimodal_logits"] = self.unimodal(self.summarise_image(f.memory), f.text_tokens, f.text_mask)
         return out
 
     def training_losses(

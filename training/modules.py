@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -281,6 +282,25 @@ class TaskHeads(nn.ModuleDict):
 
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
         return {task: head(pooled) for task, head in self.items()}
+
+
+class UnimodalHeads(nn.Module):
+    """Training-only linear heads on each modality alone, whose CE joins the fused one (the recipe's `unimodal`
+    variant; Wang et al. 2020, "What makes training multi-modal classification networks hard?": a fused model
+    under-trains its weaker branch, unimodal losses keep each branch learning). Not on the inference path.
+    image [B, Di], text tokens [B, L-1, Dt] with mask [B, L-1] (masked mean) -> {"image" | "text": {task: [B, C]}}."""
+
+    def __init__(self, image_dim: int, text_dim: int, tasks: Mapping[str, int]) -> None:
+        super().__init__()
+        self.image = nn.ModuleDict({t: nn.Linear(image_dim, c) for t, c in tasks.items()})
+        self.text = nn.ModuleDict({t: nn.Linear(text_dim, c) for t, c in tasks.items()})
+
+    def forward(self, image: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
+                ) -> dict[str, dict[str, torch.Tensor]]:
+        m = text_mask.to(text_tokens.dtype).unsqueeze(-1)
+        text = (text_tokens * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # [B, Dt] (empty texts: 0)
+        return {"image": {t: h(image) for t, h in self.image.items()},
+                "text": {t: h(text) for t, h in self.text.items()}}
 
 
 # ---- the mixed-scale tiler ------------------------------------------------------------------------
