@@ -37,8 +37,7 @@ from export.recipe_options import (
     BASELINE,
     IMAGE_TAIL_BLOCKS,
     IMAGE_TAIL_LR,
-    STRUCTURE_LOSS_WEIGHT,
-    UNIMODAL_LOSS_WEIGHT,
+    VARIANT_LOSS_WEIGHTS,
     RecipeOptions,
     stratified_split,
 )
@@ -47,7 +46,6 @@ from sdk.errors import ConfigError
 from sdk.text_fields import TextFields
 
 log = logging.getLogger(__name__)
-VARIANT_LOSS_WEIGHTS = {"structure-loss": {"structure": STRUCTURE_LOSS_WEIGHT}, "unimodal": {"unimodal": UNIMODAL_LOSS_WEIGHT}}
 
 
 class Recipe:

@@ -24,6 +24,7 @@ ABLATIONS = ("global-only", "image-only")
 VARIANTS = ("warm-text", "structure-loss", "image-tail", "unimodal")
 STRUCTURE_LOSS_WEIGHT = 1.0
 UNIMODAL_LOSS_WEIGHT = 1.0  # not tuned: each modality's CE weighs as much as the fused one
+VARIANT_LOSS_WEIGHTS = {"structure-loss": {"structure": STRUCTURE_LOSS_WEIGHT}, "unimodal": {"unimodal": UNIMODAL_LOSS_WEIGHT}}
 IMAGE_TAIL_BLOCKS = 1
 IMAGE_TAIL_LR = 5e-5  # the text encoder's: the rate that fine-tunes a pretrained encoder here
 BASELINE = "text-only"
