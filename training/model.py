@@ -49,6 +49,7 @@ from .modules import (
     Tiler,
     UnimodalHeads,
     init_module,
+    masked_mean,
     random_masking,
 )
 from .options import check_stage
@@ -208,8 +209,7 @@ class SyDES(Checkpointable, nn.Module):
     def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens [B, L-1, O], mask [B, L-1] (1 = real) -> pooled [B, O]."""
         keep = mask.bool()
-        mask_f = mask.to(tokens.dtype).unsqueeze(-1)
-        mean = (tokens * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp(min=1.0)
+        mean = masked_mean(tokens, mask)
         neg = torch.finfo(tokens.dtype).min
         mx = tokens.masked_fill(~keep.unsqueeze(-1), neg).max(dim=1).values
         q = self.pool_attn_q.unsqueeze(0).expand(tokens.shape[0], -1, -1)  # [B, 1, O]

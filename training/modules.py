@@ -284,6 +284,12 @@ class TaskHeads(nn.ModuleDict):
         return {task: head(pooled) for task, head in self.items()}
 
 
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """tokens [B, L, D], mask [B, L] (1 = real) -> the mean of the real tokens [B, D] (0 where there is none)."""
+    m = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
 class UnimodalHeads(nn.Module):
     """Training-only linear heads on each modality alone, whose CE joins the fused one (the recipe's `unimodal`
     variant; Wang et al. 2020, "What makes training multi-modal classification networks hard?": a fused model
@@ -297,8 +303,7 @@ class UnimodalHeads(nn.Module):
 
     def forward(self, image: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
                 ) -> dict[str, dict[str, torch.Tensor]]:
-        m = text_mask.to(text_tokens.dtype).unsqueeze(-1)
-        text = (text_tokens * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # [B, Dt] (empty texts: 0)
+        text = masked_mean(text_tokens, text_mask)  # [B, Dt] (empty texts: 0)
         return {"image": {t: h(image) for t, h in self.image.items()},
                 "text": {t: h(text) for t, h in self.text.items()}}
 

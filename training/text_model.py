@@ -28,6 +28,7 @@ from .backbones import TextEncoder
 from .checkpoints import Checkpointable
 from .config import CONFIG_VERSION, TEXT_KINDS, BackboneSpec, TokenizerSpec, task_labels
 from .losses import label_combos, loss_weights, structure_loss
+from .modules import masked_mean
 
 PRESET = "text-only"
 
@@ -122,8 +123,7 @@ class TextClassifier(Checkpointable, nn.Module):
         """ids, mask [B, L] (or the text encoder's cached output `text_hidden` [B, L, Dt]) -> mean of the
         attended token states [B, Dt]."""
         hidden = self.text_encoder(input_ids, attention_mask) if text_hidden is None else text_hidden  # [B, L, Dt]
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        return masked_mean(hidden, attention_mask)
 
     def head(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         """pooled [B, Dt] -> {task: logits [B, C]}."""
