@@ -29,8 +29,12 @@ log = logging.getLogger(__name__)
 
 # NNCF's defaults for a transformer, written out so that the manifest records what was used
 QUANT_OPTIONS: dict[str, Any] = {"model_type": "transformer", "preset": "mixed", "target_device": "any",
-                                 "fast_bias_correction": True, "smooth_quant_alpha": None, "ignored_types": ()}
+                                 "fast_bias_correction": True, "smooth_quant_alpha": None, "ignored_types": (),
+                                 "overflow_fix": "default"}
 PRESETS = ("performance", "mixed")
+# NNCF's fix for CPUs without VNNI (sdk.cpu): 7-bit weights everywhere ("enable", `--int8-weight-bits 7`), in the
+# first layer only, nowhere, or NNCF's choice for the target device ("default": the first layer for CPU / any)
+OVERFLOW_FIX = {"default": None, "enable": "ENABLE", "first_layer": "FIRST_LAYER", "disable": "DISABLE"}
 TARGET_DEVICES = ("any", "cpu", "gpu", "npu")
 
 
@@ -57,6 +61,8 @@ def quant_options(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         raise ExportError(f"unknown NNCF preset {opts['preset']!r}; valid: {', '.join(PRESETS)}")
     if opts["target_device"] not in TARGET_DEVICES:
         raise ExportError(f"unknown NNCF target device {opts['target_device']!r}; valid: {', '.join(TARGET_DEVICES)}")
+    if opts["overflow_fix"] not in OVERFLOW_FIX:
+        raise ExportError(f"unknown NNCF overflow_fix {opts['overflow_fix']!r}; valid: {', '.join(OVERFLOW_FIX)}")
     opts["ignored_types"] = tuple(opts["ignored_types"])
     return opts
 
@@ -66,12 +72,14 @@ def _quantize(model: Any, feeds: list[dict[str, Any]], opts: dict[str, Any]) -> 
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
+        OverflowFix,
     )
 
-    advanced = AdvancedQuantizationParameters()
+    fix = OVERFLOW_FIX[opts["overflow_fix"]]
+    extra: dict[str, Any] = {"overflow_fix": OverflowFix[fix]} if fix is not None else {}
     if opts["smooth_quant_alpha"] is not None:
-        advanced = AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=float(opts["smooth_quant_alpha"])))
+        extra["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=float(opts["smooth_quant_alpha"]))
+    advanced = AdvancedQuantizationParameters(**extra)
     ignored = nncf.IgnoredScope(types=list(opts["ignored_types"])) if opts["ignored_types"] else None
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     return nncf.quantize(

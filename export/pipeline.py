@@ -44,6 +44,7 @@ from export.errors import ExportError
 from export.formats import TARGET_OPSET, ConvertContext, check_target, get_precision
 from export.progress import Stopwatch
 from sdk.bundle import sha256_file
+from sdk.cpu import INT8_WEIGHT_BITS
 from sdk.errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger("export")
@@ -74,6 +75,7 @@ class ExportOptions:
     attention_3d: bool = True      # onnxruntime targets: Attention on 3-D inputs (export.attention); False: 4-D
     check_analyzer: bool = True
     openvino_quant: dict[str, Any] | None = None  # --target openvino INT8: overrides of export.openvino.QUANT_OPTIONS
+    int8_weight_bits: int = 8      # 7: weights in [-64, 64], exact on x86 CPUs without VNNI (sdk.cpu)
     max_batch: int = 32            # TensorRT profile: batch 1..max_batch (--format tensorrt)
     workspace_mb: int | None = None  # TensorRT workspace pool limit in MiB (None: TensorRT's default)
     progress: bool = True          # a tqdm line naming the running stage
@@ -126,6 +128,11 @@ def check_options(opts: ExportOptions) -> ExportOptions:
     if opts.precision == "int8" and not opts.calib:
         raise ConfigError("INT8 export needs calibration data: --calib DATA (an MSED folder, a JSONL/CSV "
                           "of posts, or a folder of images; 'generated' uses synthetic posts)")
+    if opts.int8_weight_bits not in INT8_WEIGHT_BITS or isinstance(opts.int8_weight_bits, bool):
+        raise ConfigError(f"--int8-weight-bits {opts.int8_weight_bits!r} is not valid; valid: "
+                          f"{', '.join(map(str, INT8_WEIGHT_BITS))}")
+    if opts.int8_weight_bits != 8 and opts.precision != "int8":
+        raise ConfigError(f"--int8-weight-bits applies to --precision int8, not {opts.precision}")
     if opts.target == "openvino":
         if opts.format != "onnx":
             raise ConfigError("--target openvino writes an OpenVINO IR bundle: --format tensorrt does not apply")
@@ -243,6 +250,18 @@ def _optimise(job: _Job, raw: Path, ref: dict[str, Any]) -> tuple[Path, dict[str
     return opt, info, cmp
 
 
+def _convert_options(opts: ExportOptions, ir: bool) -> dict[str, Any]:
+    """ConvertContext.options: 7-bit weights are onnxruntime's reduce_range and NNCF's overflow fix."""
+    if not ir:
+        return {"weight_bits": opts.int8_weight_bits}
+    quant = dict(opts.openvino_quant or {})
+    if opts.int8_weight_bits == 7:
+        if quant.get("overflow_fix", "enable") != "enable":
+            raise ConfigError(f"--int8-weight-bits 7 is NNCF's overflow_fix 'enable', not {quant['overflow_fix']!r}")
+        quant["overflow_fix"] = "enable"
+    return {"openvino_quant": quant or None}
+
+
 def _convert(job: _Job, opt: Path, calib: _Calibration) -> tuple[Path, dict[str, Any]]:
     """The optimised graph -> the bundle's precision (and format) -> (final graph, precision details)."""
     from calibration.cache import CalibrationCache
@@ -255,7 +274,7 @@ def _convert(job: _Job, opt: Path, calib: _Calibration) -> tuple[Path, dict[str,
     with job.sw("convert_" + opts.precision):
         ctx = ConvertContext(src=opt, dst=final, work_dir=job.tmp, target=opts.target, calib_reader=reader,
                              calib_method=opts.calib_method, calib_cache=CalibrationCache(job.cache / "calibration"),
-                             options={"openvino_quant": opts.openvino_quant} if job.ir else {})
+                             options=_convert_options(opts, job.ir))
         if job.ir:
             from export.openvino import convert as to_openvino
 

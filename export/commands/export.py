@@ -9,6 +9,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from calibration.methods import METHODS
     from export.formats import PRECISIONS, TARGET_OPSET, TARGETS
     from export.pipeline import FORMATS
+    from sdk.cpu import INT8_WEIGHT_BITS
 
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="checkpoint folder(s); several single-task ones sharing an image encoder make one "
@@ -31,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-split", default="train", help="MSED split to calibrate on (default train)")
     p.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration posts (default 256)")
     p.add_argument("--calib-method", default="percentile", choices=METHODS, help="default percentile")
+    p.add_argument("--int8-weight-bits", type=int, default=8, choices=INT8_WEIGHT_BITS,
+                   help="INT8 weights in 8 bits (default) or 7 ([-64, 64]): x86 CPUs without VNNI sum u8 x s8 "
+                        "products in saturating 16-bit lanes and clip 8-bit weights (`sydes doctor` says whether "
+                        "this one does); 7 bits stay exact there at a small accuracy cost elsewhere")
     p.add_argument("--eval-samples", type=int, default=128, metavar="N",
                    help="held-out posts for the FP32-agreement / macro-F1 report (0: skip; default 128)")
     p.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/sydes/calibration)")
@@ -52,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                          calib=args.calib, calib_split=args.calib_split, calib_samples=args.calib_samples,
                          calib_method=args.calib_method, eval_samples=args.eval_samples,
                          cache_dir=args.cache_dir, overwrite=args.overwrite, name=args.name,
-                         fusions=args.fusions, max_batch=args.max_batch, workspace_mb=args.workspace)
+                         fusions=args.fusions, max_batch=args.max_batch, workspace_mb=args.workspace,
+                         int8_weight_bits=args.int8_weight_bits)
     report = export_checkpoints(args.checkpoints, args.output, opts)
     print(report.summary())
     return 0

@@ -16,6 +16,8 @@ Per target:
 - tensorrt: portable static QDQ (no contrib ops): activations QInt8 symmetric (zero point 0: what
   TensorRT's explicit quantisation accepts), weights QInt8 symmetric per output channel; the attention
   products are quantised too (TensorRT fuses INT8 attention on recent GPUs).
+weight_bits 7 (`--int8-weight-bits 7`, onnxruntime's reduce_range) keeps the weights in [-64, 64], so the u8 x s8
+kernels of x86 CPUs without VNNI, which sum pairs of products in saturating 16-bit lanes, stay exact (sdk.cpu).
 LayerNorm, Softmax, GELU and the pooling stay in float: only the compute-heavy linear ops are quantised.
 The graph is pre-processed with quant_pre_process(skip_symbolic_shape=True) first (symbolic shape
 inference fails on the dynamic text length).
@@ -46,13 +48,14 @@ def scheme(target: str) -> dict[str, Any]:
     if target == "tensorrt":
         return {"mode": "static", "activation_type": "QInt8", "weight_type": "QInt8",
                 "activation_symmetric": True, "per_channel": True, "matmul_const_b_only": False,
-                "float_matmul_outputs": False, "fuse_first": False}
+                "float_matmul_outputs": False, "fuse_first": False, "weight_bits": 8}
     if target == "cpu-dynamic":
         return {"mode": "dynamic", "activation_type": "QUInt8", "weight_type": "QInt8",
                 "activation_symmetric": False, "per_channel": True, "matmul_const_b_only": True,
-                "float_matmul_outputs": True, "fuse_first": True}
+                "float_matmul_outputs": True, "fuse_first": True, "weight_bits": 8}
     return {"mode": "static", "activation_type": "QUInt8", "weight_type": "QInt8", "activation_symmetric": False,
-            "per_channel": True, "matmul_const_b_only": True, "float_matmul_outputs": True, "fuse_first": True}
+            "per_channel": True, "matmul_const_b_only": True, "float_matmul_outputs": True, "fuse_first": True,
+            "weight_bits": 8}
 
 
 @contextlib.contextmanager
@@ -108,6 +111,7 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
     if ctx.calib_reader is None:
         raise ExportError("INT8 export needs calibration data (--calib DATA)")
     sch = {**scheme(ctx.target), **{k: v for k, v in ctx.options.items() if k in scheme("cpu")}}
+    reduce_range = sch["weight_bits"] == 7  # weights in [-64, 64]: exact on x86 without VNNI (sdk.cpu)
     src, fusions = _fuse(ctx) if sch["fuse_first"] else (ctx.src, {})
     pre = ctx.work_dir / "int8_pre.onnx"
     try:
@@ -122,7 +126,7 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
             # one Conv, a small share of the FLOPs)
             with _quiet_root_logger():
                 quantize_dynamic(str(pre), str(ctx.dst), op_types_to_quantize=["MatMul", "Gemm"],
-                                 per_channel=sch["per_channel"], reduce_range=False,
+                                 per_channel=sch["per_channel"], reduce_range=reduce_range,
                                  weight_type=getattr(QuantType, sch["weight_type"]),
                                  extra_options={"MatMulConstBOnly": sch["matmul_const_b_only"]})
         except Exception as e:
@@ -144,7 +148,7 @@ def convert(ctx: ConvertContext) -> dict[str, Any]:
             quantize_static(str(pre), str(ctx.dst), calibration_data_reader=None,
                             calibration_cache_path=str(cal.path), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(OP_TYPES), per_channel=sch["per_channel"],
-                            reduce_range=False, activation_type=getattr(QuantType, sch["activation_type"]),
+                            reduce_range=reduce_range, activation_type=getattr(QuantType, sch["activation_type"]),
                             weight_type=getattr(QuantType, sch["weight_type"]), calibrate_method=method,
                             extra_options=extra)
     except Exception as e:

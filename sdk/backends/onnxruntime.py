@@ -197,6 +197,13 @@ class OnnxRuntimeBackend(Backend):
         self.io_binding = bool(self.options.get("io_binding", on_gpu))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.settings = {"threads": so.intra_op_num_threads}
+        if self.precision == "int8" and not on_gpu:
+            from sdk.cpu import int8_runtime_check
+
+            self.settings["int8"] = int8_runtime_check(self.bundle.manifest.provenance, "onnxruntime")
+            if "warning" in self.settings["int8"]:
+                log.warning("%s: %s", self.bundle.path.name, self.settings["int8"]["warning"])
         log.debug("onnxruntime session: providers=%s threads=%d io_binding=%s",
                   self.providers, so.intra_op_num_threads, self.io_binding)
 

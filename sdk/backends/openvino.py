@@ -140,6 +140,12 @@ class OpenVINOBackend(Backend):
                          "threads": int(main.compiled.get_property("INFERENCE_NUM_THREADS")) if device == "CPU" else None,
                          "inference_precision": str(main.compiled.get_property("INFERENCE_PRECISION_HINT")),
                          "performance_hint": hint.upper()}
+        if self.precision == "int8" and device == "CPU":
+            from sdk.cpu import int8_runtime_check
+
+            self.settings["int8"] = int8_runtime_check(self.bundle.manifest.provenance, "openvino")
+            if "warning" in self.settings["int8"]:
+                log.warning("%s: %s", self.bundle.path.name, self.settings["int8"]["warning"])
         log.debug("openvino compiled model(s): %s", self.settings)
 
     def _compile(self, core: Any, device: str, hint: str, streams: bool = True) -> _Compiled:

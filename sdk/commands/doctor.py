@@ -229,6 +229,29 @@ def check_sessions(ort: Any, providers: list[str]) -> list[Check]:
     return out
 
 
+def check_cpu_int8(env: Env, ort: Any) -> Check:
+    """The CPU's INT8 dot-product instructions, and whether onnxruntime's u8 x s8 GEMM is exact here (sdk.cpu)."""
+    from sdk.cpu import WEIGHT_LIMIT, cpu_flags, int8_isa, probe_gemm
+
+    isa = int8_isa(cpu_flags(env.read("/proc/cpuinfo") or ""))
+    try:
+        probes = {bits: probe_gemm(ort, WEIGHT_LIMIT[bits]) for bits in WEIGHT_LIMIT}
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        return Check("cpu-int8", "warn", f"INT8 instructions: {isa}; the INT8 GEMM probe did not run: {e}",
+                     {"isa": isa})
+    clipped = [bits for bits, (got, exact) in probes.items() if got != exact]
+    data = {"isa": isa, "probe": {str(b): {"got": g, "exact": x} for b, (g, x) in probes.items()}}
+    if not clipped:
+        return Check("cpu-int8", "ok", f"INT8 instructions: {isa}; onnxruntime's u8 x s8 GEMM is exact", data)
+    got, exact = probes[clipped[0]]
+    detail = (f"INT8 instructions: {isa}; onnxruntime's u8 x s8 GEMM clips {clipped[0]}-bit weights here (a 16-bit "
+              f"sum of pairs: {got:,} for {exact:,})")
+    if 7 in clipped:
+        return Check("cpu-int8", "fail", detail + ": INT8 bundles are not exact on this CPU; use FP32", data)
+    return Check("cpu-int8", "warn", detail + ": export INT8 bundles for this CPU with --int8-weight-bits 7. "
+                 "OpenVINO's INT8 has no VNNI kernels here either: prefer onnxruntime INT8", data)
+
+
 def run_checks(env: Env | None = None) -> list[Check]:
     env = env or Env()
     checks = [check_platform(env), check_gpu(env), check_cuda(env), check_tensorrt(env),
@@ -237,6 +260,7 @@ def run_checks(env: Env | None = None) -> list[Check]:
     checks.append(ort_check)
     if ort is not None:
         checks += check_sessions(ort, ort_check.data["providers"])
+        checks.append(check_cpu_int8(env, ort))
         gpu_here = any(c.name == "gpu" and c.status == "ok" for c in checks)
         if gpu_here and not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort_check.data["providers"]):
             checks.append(Check("gpu-onnxruntime", "warn", "an NVIDIA GPU is here but this onnxruntime has no CUDA "
