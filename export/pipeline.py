@@ -133,6 +133,9 @@ def check_options(opts: ExportOptions) -> ExportOptions:
                           f"{', '.join(map(str, INT8_WEIGHT_BITS))}")
     if opts.int8_weight_bits != 8 and opts.precision != "int8":
         raise ConfigError(f"--int8-weight-bits applies to --precision int8, not {opts.precision}")
+    fix = (opts.openvino_quant or {}).get("overflow_fix", "enable")
+    if opts.int8_weight_bits == 7 and opts.target == "openvino" and fix != "enable":
+        raise ConfigError(f"--int8-weight-bits 7 is NNCF's overflow_fix 'enable'; openvino_quant asks for {fix!r}")
     if opts.target == "openvino":
         if opts.format != "onnx":
             raise ConfigError("--target openvino writes an OpenVINO IR bundle: --format tensorrt does not apply")
@@ -256,9 +259,7 @@ def _convert_options(opts: ExportOptions, ir: bool) -> dict[str, Any]:
         return {"weight_bits": opts.int8_weight_bits}
     quant = dict(opts.openvino_quant or {})
     if opts.int8_weight_bits == 7:
-        if quant.get("overflow_fix", "enable") != "enable":
-            raise ConfigError(f"--int8-weight-bits 7 is NNCF's overflow_fix 'enable', not {quant['overflow_fix']!r}")
-        quant["overflow_fix"] = "enable"
+        quant["overflow_fix"] = "enable"  # check_options refused any other choice
     return {"openvino_quant": quant or None}
 
 

@@ -159,6 +159,32 @@ def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
     assert "attention" not in trt.manifest["provenance"]["optimisation"]  # a portable 4-D graph for TensorRT
 
 
+def test_int8_weight_bits_7(fp32_bundle, work) -> None:
+    """--int8-weight-bits 7: every quantised weight in [-64, 64] (exact on CPUs without VNNI: sdk.cpu), the
+    ranges of the activations unchanged (the calibration cache is reused), recorded for the runtime."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sdk.analyzer import Analyzer
+
+    kw = dict(precision="int8", calib="generated", calib_samples=12, eval_samples=6, calib_method="minmax")
+    full = export_checkpoints([work["ck"]], work["root"] / "w8.sydes", _opts(work, **kw))
+    seven = export_checkpoints([work["ck"]], work["root"] / "w7.sydes", _opts(work, int8_weight_bits=7, **kw))
+    assert seven.manifest["provenance"]["precision_details"]["scheme"]["weight_bits"] == 7
+    assert seven.manifest["calibration_report"]["calibration"]["cache_hit"] is True
+
+    def weight_peak(bundle) -> int:
+        inits = onnx.load(str(bundle / "model.onnx")).graph.initializer
+        return max(int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max()) for t in inits
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2)
+
+    assert weight_peak(seven.bundle) <= 64 < weight_peak(full.bundle) <= 127
+    with Analyzer(seven.bundle, backend="onnxruntime", device="cpu", warmup=False) as a:
+        rep = a.info.settings["int8"]
+        assert rep["weight_bits"] == 7 and rep["saturates"] is False and "warning" not in rep
+        assert a.analyze(np.full((64, 64, 3), 90, np.uint8), "a dog").ok
+
+
 def test_tampered_bundle_is_refused(fp32_bundle, work) -> None:
     import shutil
 
@@ -257,6 +283,10 @@ def test_option_errors(work, tmp_path) -> None:
         check_options(ExportOptions(format="engine"))
     with pytest.raises(ConfigError, match="INT8 export needs calibration data"):
         check_options(ExportOptions(precision="int8"))
+    with pytest.raises(ConfigError, match="--int8-weight-bits 6 is not valid; valid: 8, 7"):
+        check_options(ExportOptions(precision="int8", calib="generated", int8_weight_bits=6))
+    with pytest.raises(ConfigError, match="--int8-weight-bits applies to --precision int8, not fp16"):
+        check_options(ExportOptions(precision="fp16", int8_weight_bits=7))
     with pytest.raises(ConfigError, match="opset 9 is outside the supported range 13..23 .default for target 'cpu': 23"):
         check_options(ExportOptions(opset=9))
     assert check_options(ExportOptions(target="tensorrt")).opset == 18

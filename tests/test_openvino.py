@@ -84,7 +84,7 @@ def test_fp32_ir_bundle_is_verified_and_runs_on_openvino(ov_fp32, work) -> None:
 
 
 def test_int8_ir_by_nncf_reports_agreement_and_reuses_its_cache(ov_int8, work) -> None:
-    from sdk import Analyzer
+    from sdk import Analyzer, cpu
 
     m = json.loads((ov_int8.bundle / "manifest.json").read_text())
     sch = m["provenance"]["precision_details"]["scheme"]
@@ -100,7 +100,15 @@ def test_int8_ir_by_nncf_reports_agreement_and_reuses_its_cache(ov_int8, work) -
     assert (again.bundle / "model.bin").read_bytes() == (ov_int8.bundle / "model.bin").read_bytes()
     with Analyzer(ov_int8.bundle, backend="openvino", device="cpu", threads=1) as a:
         assert a.info.precision == "int8" and a.info.settings["threads"] == 1
+        assert a.info.settings["int8"]["weight_bits"] == 8 == cpu.bundle_weight_bits(m["provenance"])
         assert a.analyze(*_post()).ok
+    assert sch["overflow_fix"] == "default"
+    # --int8-weight-bits 7: NNCF's overflow fix on every layer (a new cache entry: the options differ)
+    seven = _export(work, "ov7.sydes", precision="int8", calib="generated", calib_samples=12, eval_samples=8,
+                    int8_weight_bits=7)
+    assert seven.manifest["provenance"]["precision_details"]["scheme"]["overflow_fix"] == "enable"
+    assert seven.manifest["calibration_report"]["calibration"]["cache_hit"] is False
+    assert cpu.bundle_weight_bits(seven.manifest["provenance"]) == 7
 
 
 def test_fp16_ir(work) -> None:
@@ -144,6 +152,15 @@ def test_openvino_errors(ov_fp32, work, tmp_path, monkeypatch) -> None:
         quant_options({"bits": 4})
     with pytest.raises(ExportError, match="unknown NNCF preset"):
         quant_options({"preset": "fast"})
+    with pytest.raises(ExportError, match="unknown NNCF overflow_fix 'half'; valid: default, enable, first_layer"):
+        quant_options({"overflow_fix": "half"})
+    with pytest.raises(ConfigError, match="--int8-weight-bits 7 is NNCF's overflow_fix 'enable'; .* 'disable'"):
+        check_options(ExportOptions(target="openvino", precision="int8", calib="generated", int8_weight_bits=7,
+                                    openvino_quant={"overflow_fix": "disable"}))
+    from export.pipeline import _convert_options
+
+    seven = _convert_options(ExportOptions(target="openvino", precision="int8", int8_weight_bits=7), ir=True)
+    assert seven == {"openvino_quant": {"overflow_fix": "enable"}}
     # openvino missing: a clear error naming the extra, at probe time and at export time
     monkeypatch.setitem(sys.modules, "openvino", None)
     from sdk.backends.openvino import OpenVINOBackend
