@@ -159,7 +159,7 @@ def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
     assert "attention" not in trt.manifest["provenance"]["optimisation"]  # a portable 4-D graph for TensorRT
 
 
-def test_int8_weight_bits_7(fp32_bundle, work) -> None:
+def test_int8_weight_bits_7(fp32_bundle, work, monkeypatch, caplog) -> None:
     """--int8-weight-bits 7: every quantised weight in [-64, 64] (exact on CPUs without VNNI: sdk.cpu), the
     ranges of the activations unchanged (the calibration cache is reused), recorded for the runtime."""
     import onnx
@@ -183,6 +183,14 @@ def test_int8_weight_bits_7(fp32_bundle, work) -> None:
         rep = a.info.settings["int8"]
         assert rep["weight_bits"] == 7 and rep["saturates"] is False and "warning" not in rep
         assert a.analyze(np.full((64, 64, 3), 90, np.uint8), "a dog").ok
+    # an 8-bit bundle on a CPU whose GEMM clips (as the probe finds on x86 without VNNI): said, not hidden
+    from sdk import cpu
+
+    monkeypatch.setattr(cpu, "int8_gemm_saturates", lambda bits=8: bits == 8)
+    with caplog.at_level("WARNING", logger="sdk"), \
+            Analyzer(full.bundle, backend="onnxruntime", device="cpu", warmup=False) as a:
+        assert a.info.settings["int8"]["saturates"] is True
+    assert "re-export it with `sydes export ... --int8-weight-bits 7`" in caplog.text
 
 
 def test_tampered_bundle_is_refused(fp32_bundle, work) -> None:
