@@ -157,7 +157,7 @@ def test_openvino_errors(ov_fp32, work, tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="--int8-weight-bits 7 is NNCF's overflow_fix 'enable'; .* 'disable'"):
         check_options(ExportOptions(target="openvino", precision="int8", calib="generated", int8_weight_bits=7,
                                     openvino_quant={"overflow_fix": "disable"}))
-    from export.pipeline import _convert_options
+    from export.options import convert_options as _convert_options
 
     seven = _convert_options(ExportOptions(target="openvino", precision="int8", int8_weight_bits=7), ir=True)
     assert seven == {"openvino_quant": {"overflow_fix": "enable"}}

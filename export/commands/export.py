@@ -8,7 +8,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from calibration.methods import METHODS
     from export.formats import PRECISIONS, TARGET_OPSET, TARGETS
-    from export.pipeline import FORMATS
+    from export.options import FORMATS
     from sdk.cpu import INT8_WEIGHT_BITS
 
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
