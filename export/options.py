@@ -12,6 +12,12 @@ from sdk.errors import BackendUnavailableError, ConfigError
 
 FORMATS = ("onnx", "tensorrt")
 FP32_TOLERANCE = 1e-4
+# INT8 weight bits when --int8-weight-bits is not given. The onnxruntime CPU targets get 7: their bundles
+# run on whatever x86 CPU a user has, and without VNNI 8-bit weights are clipped (sdk.cpu) while 7-bit ones
+# stay exact; on two trained checkpoints 7 bits cost nothing measurable against exact 8-bit arithmetic
+# (README, "CPUs without VNNI"), and the integer kernels are the same, so VNNI CPUs lose no speed.
+# TensorRT (GPU kernels, no 16-bit lanes) and OpenVINO (NNCF's own overflow-fix choice) keep 8.
+DEFAULT_WEIGHT_BITS = {"cpu": 7, "cpu-dynamic": 7}
 
 
 @dataclass
@@ -36,7 +42,8 @@ class ExportOptions:
     attention_3d: bool = True      # onnxruntime targets: Attention on 3-D inputs (export.attention); False: 4-D
     check_analyzer: bool = True
     openvino_quant: dict[str, Any] | None = None  # --target openvino INT8: overrides of export.openvino.QUANT_OPTIONS
-    int8_weight_bits: int = 8      # 7: weights in [-64, 64], exact on x86 CPUs without VNNI (sdk.cpu)
+    int8_weight_bits: int | None = None  # 7: weights in [-64, 64], exact on x86 without VNNI (sdk.cpu);
+                                         # None: the target's (DEFAULT_WEIGHT_BITS, else 8)
     max_batch: int = 32            # TensorRT profile: batch 1..max_batch (--format tensorrt)
     workspace_mb: int | None = None  # TensorRT workspace pool limit in MiB (None: TensorRT's default)
     progress: bool = True          # a tqdm line naming the running stage
@@ -62,6 +69,8 @@ def check_options(opts: ExportOptions) -> ExportOptions:
     if opts.precision == "int8" and not opts.calib:
         raise ConfigError("INT8 export needs calibration data: --calib DATA (an MSED folder, a JSONL/CSV "
                           "of posts, or a folder of images; 'generated' uses synthetic posts)")
+    if opts.int8_weight_bits is None:
+        opts.int8_weight_bits = DEFAULT_WEIGHT_BITS.get(opts.target, 8) if opts.precision == "int8" else 8
     if opts.int8_weight_bits not in INT8_WEIGHT_BITS or isinstance(opts.int8_weight_bits, bool):
         raise ConfigError(f"--int8-weight-bits {opts.int8_weight_bits!r} is not valid; valid: "
                           f"{', '.join(map(str, INT8_WEIGHT_BITS))}")

@@ -17,7 +17,7 @@ that was interrupted continues from its own `last/` checkpoint):
               RUN/baseline-int8.sydes (a text-only bundle) from the baseline (stage baseline-int8)
     report    RUN/report.json and RUN/report.md (every figure on dev, the split nothing was selected on)
 
-Every model reads the text `RecipeOptions.text_fields` / `text_separator` build (default: the Caption), and
+Every model reads the text `RecipeOptions.text_fields` / `text_separator` build (default: Title + Caption), and
 records it in its checkpoint (config.json's tokenizer section), so the bundle and `sydes analyze` read it so.
 """
 

@@ -155,21 +155,23 @@ def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
     sch = trt.manifest["provenance"]["precision_details"]["scheme"]
     assert sch["activation_type"] == "QInt8" and sch["activation_symmetric"] and sch["per_channel"]
     assert trt.manifest["provenance"]["opset"] == 18  # the tensorrt target's default
+    assert sch["weight_bits"] == 8  # GPU INT8 kernels have no 16-bit lanes to overflow
     assert "Attention" not in {n.op_type for n in onnx.load(str(trt.bundle / "model.onnx")).graph.node}
     assert "attention" not in trt.manifest["provenance"]["optimisation"]  # a portable 4-D graph for TensorRT
 
 
 def test_int8_weight_bits_7(fp32_bundle, work, monkeypatch, caplog) -> None:
-    """--int8-weight-bits 7: every quantised weight in [-64, 64] (exact on CPUs without VNNI: sdk.cpu), the
-    ranges of the activations unchanged (the calibration cache is reused), recorded for the runtime."""
+    """7-bit weights, the cpu target's default: every quantised weight in [-64, 64] (exact on CPUs without
+    VNNI: sdk.cpu), the ranges of the activations unchanged (the calibration cache is reused), recorded for
+    the runtime; --int8-weight-bits 8 uses the full range."""
     import onnx
     from onnx import numpy_helper
 
     from sdk.analyzer import Analyzer
 
     kw = dict(precision="int8", calib="generated", calib_samples=12, eval_samples=6, calib_method="minmax")
-    full = export_checkpoints([work["ck"]], work["root"] / "w8.sydes", _opts(work, **kw))
-    seven = export_checkpoints([work["ck"]], work["root"] / "w7.sydes", _opts(work, int8_weight_bits=7, **kw))
+    full = export_checkpoints([work["ck"]], work["root"] / "w8.sydes", _opts(work, int8_weight_bits=8, **kw))
+    seven = export_checkpoints([work["ck"]], work["root"] / "w7.sydes", _opts(work, **kw))  # the default
     assert seven.manifest["provenance"]["precision_details"]["scheme"]["weight_bits"] == 7
     assert seven.manifest["calibration_report"]["calibration"]["cache_hit"] is True
 
@@ -295,6 +297,11 @@ def test_option_errors(work, tmp_path) -> None:
         check_options(ExportOptions(precision="int8", calib="generated", int8_weight_bits=6))
     with pytest.raises(ConfigError, match="--int8-weight-bits applies to --precision int8, not fp16"):
         check_options(ExportOptions(precision="fp16", int8_weight_bits=7))
+    # the default per target: 7 where onnxruntime CPU kernels may clip, 8 for TensorRT and outside INT8
+    bits = lambda **kw: check_options(ExportOptions(calib="generated", **kw)).int8_weight_bits  # noqa: E731
+    assert [bits(precision="int8"), bits(precision="int8", target="cpu-dynamic")] == [7, 7]
+    assert [bits(precision="int8", target="tensorrt"), bits(precision="fp16"), bits()] == [8, 8, 8]
+    assert bits(precision="int8", int8_weight_bits=8) == 8
     with pytest.raises(ConfigError, match="opset 9 is outside the supported range 13..23 .default for target 'cpu': 23"):
         check_options(ExportOptions(opset=9))
     assert check_options(ExportOptions(target="tensorrt")).opset == 18

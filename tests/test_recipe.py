@@ -206,14 +206,15 @@ def test_recipe_records_the_text_fields(tmp_path: Path, monkeypatch) -> None:
     saved = json.loads((run / "recipe.json").read_text())
     assert {k: saved[k] for k in want} == want
     with pytest.raises(ConfigError, match=r"other options \(text_fields, text_separator\)"):
-        Recipe(data, run, RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8))
+        Recipe(data, run, RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8,
+                                        text_fields=("Caption",)))
     old = tmp_path / "old"
     old.mkdir()
     mine = {"data": str(data), **json.loads(json.dumps(dataclasses.asdict(RecipeOptions())))}
     (old / "recipe.json").write_text(json.dumps({k: v for k, v in mine.items() if not k.startswith("text_")}))
-    Recipe(data, old, RecipeOptions())  # no text keys: the Caption, as it was
+    Recipe(data, old, RecipeOptions(text_fields=("Caption",)))  # no text keys: the Caption, as it was
     with pytest.raises(ConfigError, match="other options"):
-        Recipe(data, old, RecipeOptions(text_fields=("Title", "Caption")))
+        Recipe(data, old, RecipeOptions())  # today's default reads Title + Caption
     with pytest.raises(ConfigError, match="text field 'Title' is named twice"):
         RecipeOptions(text_fields=("Title", "Title")).validate()
     assert RecipeOptions(text_fields="Title, Caption").validate().text_fields == ("Title", "Caption")
@@ -238,5 +239,5 @@ def test_recipe_command_passes_the_text_fields(tmp_path: Path, monkeypatch) -> N
     base = ["train", "recipe", "--preset", "tiny_vit_bert", "--data", str(tmp_path), "--output", str(tmp_path / "r")]
     assert main([*base, "--text-fields", "Title, Caption", "--text-separator", " | "]) == 0
     assert main(base) == 0
-    assert [(o.text_fields, o.text_separator) for o in seen] == [(("Title", "Caption"), " | "), (("Caption",), " ")]
+    assert [(o.text_fields, o.text_separator) for o in seen] == [(("Title", "Caption"), " | "), (("Title", "Caption"), " ")]
     assert main([*base, "--text-fields", ","]) == 1  # ConfigError: no field

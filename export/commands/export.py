@@ -32,10 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-split", default="train", help="MSED split to calibrate on (default train)")
     p.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration posts (default 256)")
     p.add_argument("--calib-method", default="percentile", choices=METHODS, help="default percentile")
-    p.add_argument("--int8-weight-bits", type=int, default=8, choices=INT8_WEIGHT_BITS,
-                   help="INT8 weights in 8 bits (default) or 7 ([-64, 64]): x86 CPUs without VNNI sum u8 x s8 "
-                        "products in saturating 16-bit lanes and clip 8-bit weights (`sydes doctor` says whether "
-                        "this one does); 7 bits stay exact there at a small accuracy cost elsewhere")
+    p.add_argument("--int8-weight-bits", type=int, default=None, choices=INT8_WEIGHT_BITS,
+                   help="INT8 weights in 8 bits or 7 ([-64, 64]); default 7 for --target cpu / cpu-dynamic, 8 for "
+                        "tensorrt and openvino. x86 CPUs without VNNI sum u8 x s8 products in saturating 16-bit "
+                        "lanes and clip 8-bit weights (`sydes doctor` says whether this one does); 7 bits stay "
+                        "exact on every CPU")
     p.add_argument("--eval-samples", type=int, default=128, metavar="N",
                    help="held-out posts for the FP32-agreement / macro-F1 report (0: skip; default 128)")
     p.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/sydes/calibration)")
