@@ -174,7 +174,8 @@ def test_training_and_calibration_read_the_fields(tmp_path: Path, caplog) -> Non
     assert [p.text for p in load_items(tmp_path, split="test", text_fields=TC)] == JOINED
     assert [p.text for p in load_items(folder)] == CAPTIONS
     _msed(tmp_path, "dev", header=("Caption",))  # an MSED CSV without the Title: no silent fallback
-    with pytest.raises(DataError, match=r"dev.csv: missing column 'Title'; the columns are: Caption, Sentiment"):
+    with pytest.raises(DataError, match=r"dev.csv: missing column 'Title'; the columns are: Caption, Sentiment.*"
+                                        r"--text-fields names the columns to read, e.g. --text-fields Caption"):
         read_msed(tmp_path, "dev", text_fields=TC)
     with pytest.raises(DataError, match=r"dev.csv: missing column 'Title'"):
         load_items(tmp_path, split="dev", text_fields=TC)

@@ -124,8 +124,15 @@ def read_msed(root: str | os.PathLike[str], split: str, *, tasks: dict[str, Sequ
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: not found (expected MSED layout {{root}}/{split}/{split}.csv)")
     fields = text_fields or DEFAULT_TEXT_FIELDS
-    plan = plan_posts(csv_path, text_fields=fields, image_pattern=MSED_PATTERN,
-                      require=[*fields.fields, *(MSED_COLUMNS[t] for t in tasks)])
+    try:
+        plan = plan_posts(csv_path, text_fields=fields, image_pattern=MSED_PATTERN,
+                          require=[*fields.fields, *(MSED_COLUMNS[t] for t in tasks)])
+    except DataError as e:
+        if "missing column" in str(e) and any(repr(f) in str(e) for f in fields.fields):
+            # the recipe reads Title + Caption by default: say which option picks other columns
+            raise DataError(f"{e} (the text is built from {', '.join(fields.fields)}; --text-fields names the "
+                            "columns to read, e.g. --text-fields Caption)") from e
+        raise
     return _records(plan, tasks, skip_invalid=skip_invalid, limit=limit, require_labels="all")
 
 
