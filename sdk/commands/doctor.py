@@ -248,7 +248,8 @@ def check_cpu_int8(env: Env, ort: Any) -> Check:
               f"sum of pairs: {got:,} for {exact:,})")
     if 7 in clipped:
         return Check("cpu-int8", "fail", detail + ": INT8 bundles are not exact on this CPU; use FP32", data)
-    return Check("cpu-int8", "warn", detail + ": export INT8 bundles for this CPU with --int8-weight-bits 7. "
+    return Check("cpu-int8", "warn", detail + ": INT8 bundles for this CPU need 7-bit weights (the default of "
+                 "--target cpu; --int8-weight-bits 7). "
                  "OpenVINO's INT8 has no VNNI kernels here either: prefer onnxruntime INT8", data)
 
 
