@@ -51,12 +51,17 @@ def export_all(ck: Path, data: Path, out: Path, calib_samples: int) -> dict[str,
 
 def simulated(bundle: Path, threads: int) -> Any:
     """The INT8 graph with Q/DQ kernels off: quantised values, float arithmetic."""
+    import onnx
     import onnxruntime as ort
+
+    from export.qdq_fuse import unfuse_matmul_epilogues
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.disable_quant_qdq", "1")
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), sess_options=so, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(bundle / "model.onnx"))
+    unfuse_matmul_epilogues(model)  # the fused integer MatMuls back to Q/DQ, which the option runs in float
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
     names, inputs = [o.name for o in sess.get_outputs()], [i.name for i in sess.get_inputs()]
     return lambda f: dict(zip(names, sess.run(names, {k: f[k] for k in inputs}), strict=True))
 

@@ -138,8 +138,11 @@ def test_fp16_and_int8_bundles_run(fp32_bundle, work) -> None:
     assert m["provenance"]["precision_details"]["scheme"]["activation_type"] == "QUInt8"
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(int8.bundle / "model.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ops = [n.op_type for n in onnx.load(str(int8.bundle / "model.onnx")).graph.node]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops)
+    # the Linear biases live inside the integer MatMuls (export.qdq_fuse), not in separate Adds
+    fused = m["provenance"]["precision_details"]["scheme"]["epilogue_fusions"]
+    assert fused["bias"] > 0 and ops.count("MatMulIntegerToFloat") == fused["bias"]
     assert m["provenance"]["optimisation"]["attention"]["attention_3d"] == 8  # quantised after the rewrite
     for bundle in (fp16.bundle, int8.bundle):
         with Analyzer(bundle, backend="onnxruntime", device="cpu", warmup=False) as a:
