@@ -1,11 +1,13 @@
 """CPU inference against its peers, in one run: the same seeded checkpoint, the same arrays, interleaved rounds.
 
-    python benchmarks/cpu_peers.py [--presets edge reference] [--batches 1 16] [--rounds 7] [--plot PNG]
+    python benchmarks/cpu_peers.py [--presets edge reference] [--batches 1 16] [--rounds 7] [--paths ...] [--plot PNG]
 
 Paths (model only: the arrays the Analyzer hands its backend, decode and tokenisation excluded):
   torch eager FP32 (the same weights);
   onnxruntime FP32 and INT8 bundles (`--target cpu`, what `sydes export` writes by default), and the INT8
-  bundle with the exporter's 4-D attention (`ort-int8-4d`: ExportOptions(attention_3d=False), as #9 found it);
+  bundle with the exporter's 4-D attention (`ort-int8-4d`: ExportOptions(attention_3d=False), as #9 found it),
+  and the INT8 bundle's own graph with its fused epilogues undone (`ort-int8-unfused`:
+  export.qdq_fuse.unfuse_matmul_epilogues, the same session options: what the epilogue fusion buys);
   OpenVINO FP32 and INT8 bundles (`--target openvino`, INT8 by NNCF, through sdk.Analyzer backend=openvino);
   the OpenVINO INT8 bundle with hint="throughput", one stream per thread, each batch split over the streams;
   the same with hint="auto" (both compiled, per batch size the one measured faster; settled in the warm-up);
@@ -47,6 +49,7 @@ BUNDLES = {"ort-fp32": ("cpu", "fp32"), "ort-int8": ("cpu", "int8"), "ov-fp32": 
 # export options besides target / precision: ort-int8-4d is the onnxruntime INT8 bundle as #9 found it (the
 # exporter's 4-D attention), the baseline of its onnxruntime target
 EXTRA = {"ort-int8-4d": {"attention_3d": False}}
+PATHS = ("torch-fp32", *BUNDLES, "ort-int8-unfused", "ov-int8-streams", "ov-int8-auto", "peer-ov-nncf-defaults")
 
 
 def checkpoint(preset: str) -> Path:
@@ -136,8 +139,28 @@ def feeds(fp32_bundle: Path, batch: list[tuple[Any, str]]) -> dict[str, np.ndarr
         return feeds_for(az, batch)
 
 
-def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_samples: int, threads: int
-            ) -> tuple[dict[str, Callable[[dict[str, np.ndarray]], Any]], list[Any]]:
+def unfused(int8_bundle: Path, threads: int, max_batch: int, keep: list[Any]
+            ) -> Callable[[dict[str, np.ndarray]], Any]:
+    """The INT8 bundle run by its own backend, with the session swapped for one on the unfused graph."""
+    import onnx
+    import onnxruntime as ort
+
+    from export.qdq_fuse import unfuse_matmul_epilogues
+    from sdk import Analyzer
+
+    az = Analyzer(int8_bundle, backend="onnxruntime", device="cpu", threads=threads, max_batch_size=max_batch)
+    keep.append(az)
+    model = onnx.load(str(int8_bundle / "model.onnx"))
+    if unfuse_matmul_epilogues(model) == 0:
+        print(f"[warn] {int8_bundle} has no fused epilogues (stale cache?)", file=sys.stderr)
+    so = az.backend.session.get_session_options()  # the bundle's own settings: only the graph differs
+    az.backend.session = ort.InferenceSession(model.SerializeToString(), sess_options=so,
+                                              providers=["CPUExecutionProvider"])
+    return az.backend.run
+
+
+def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_samples: int, threads: int,
+            only: set[str] | None = None) -> tuple[dict[str, Callable[[dict[str, np.ndarray]], Any]], list[Any]]:
     import torch
 
     from sdk import Analyzer
@@ -156,11 +179,17 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
 
     out["torch-fp32"] = torch_run
     for key in BUNDLES:
+        if only and key not in only:
+            continue
         backend = "openvino" if key.startswith("ov") else "onnxruntime"
         az = Analyzer(bundle(preset, key, calib_samples), backend=backend, device="cpu", threads=threads,
                       max_batch_size=max(batches))
         keep.append(az)
         out[key] = az.backend.run
+    if not only or "ort-int8-unfused" in only:
+        out["ort-int8-unfused"] = unfused(bundle(preset, "ort-int8", calib_samples), threads, max(batches), keep)
+    if only and not only & {"ov-int8-streams", "ov-int8-auto", "peer-ov-nncf-defaults"}:
+        return {k: v for k, v in out.items() if k in only}, keep  # skip compiling the OpenVINO models
     # the same OpenVINO INT8 bundle with the throughput hint: each batch split over one stream per core
     az = Analyzer(bundle(preset, "ov-int8", calib_samples), backend="openvino", device="cpu", threads=threads,
                   hint="throughput", streams=threads, max_batch_size=max(batches))
@@ -173,14 +202,15 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
     compiled = peer_model(preset, CACHE / preset / "ort-fp32.sydes")
     req = compiled.create_infer_request()
     out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)
-    return out, keep
+    return {k: v for k, v in out.items() if not only or k in only}, keep
 
 
-def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int, threads: int) -> dict[str, Any]:
+def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int, threads: int,
+            only: set[str] | None = None) -> dict[str, Any]:
     data = posts(max(batch_sizes))
     fp32 = bundle(preset, "ort-fp32", calib_samples)
     arrays = {b: feeds(fp32, data[:b]) for b in batch_sizes}
-    run, keep = runners(preset, arrays, calib_samples, threads)
+    run, keep = runners(preset, arrays, calib_samples, threads, only)
     from sdk.backends.openvino import AUTO_TRIALS
 
     for k, fn in run.items():  # warm-up: first calls allocate and compile shape-specific kernels; "auto" also
@@ -216,14 +246,21 @@ def table(preset: str, med: dict[str, dict[int, float]], floor: float) -> str:
              "| path | " + " | ".join(f"batch {b}" for b in bs) + f" | vs torch (b{bs[-1]}) | vs peer (b{bs[-1]}) |",
              "|" + "---|" * (len(bs) + 3)]
     big = bs[-1]
+
+    def vs(ref: str, d: dict[int, float]) -> str:
+        return f"{med[ref][big] / d[big]:.2f}x" if ref in med else "-"
+
     for k, d in med.items():
         lines.append(f"| {k} | " + " | ".join(f"{d[b]:.1f}" for b in bs) +
-                     f" | {med['torch-fp32'][big] / d[big]:.2f}x | {med['peer-ov-nncf-defaults'][big] / d[big]:.2f}x |")
+                     f" | {vs('torch-fp32', d)} | {vs('peer-ov-nncf-defaults', d)} |")
     lines.append(f"| floor: GFLOP/post at the INT8 GEMM rate | {floor:.1f} | | | |")
-    best = min((k for k in med if "int8" in k), key=lambda k: med[k][big])
-    lines += ["", f"best INT8 path {best}: {med[best][big]:.1f} ms/post = {med[best][big] / floor:.2f}x the floor; "
-              f"onnxruntime INT8 vs FP32 {med['ort-fp32'][big] / med['ort-int8'][big]:.2f}x, vs its 4-D-attention "
-              f"bundle {med['ort-int8-4d'][big] / med['ort-int8'][big]:.2f}x"]
+    int8 = [k for k in med if "int8" in k]
+    if int8:
+        best = min(int8, key=lambda k: med[k][big])
+        lines += ["", f"best INT8 path {best}: {med[best][big]:.1f} ms/post = {med[best][big] / floor:.2f}x the floor"]
+    if "ort-int8" in med:
+        lines += [f"onnxruntime INT8 vs {k} (b{b}): {med[k][b] / med['ort-int8'][b]:.3f}x"
+                  for k in ("ort-fp32", "ort-int8-4d", "ort-int8-unfused") if k in med for b in bs]
     return "\n".join(lines)
 
 
@@ -260,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--paths", nargs="+", choices=PATHS, help="time only these paths (default: all)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--plot", type=Path, help="PNG of ms/post by path and batch size ([plot] extra)")
     args = ap.parse_args(argv)
@@ -269,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cpu}, {args.threads} threads; INT8 GEMM {g['ort_int8']:.0f} GOP/s, torch FP32 {g['torch_fp32']:.0f} "
           f"GFLOP/s ({g['int8_over_torch']:.2f}x)\n")
     for preset in args.presets:
-        med = measure(preset, args.batches, args.rounds, args.calib_samples, args.threads)
+        med = measure(preset, args.batches, args.rounds, args.calib_samples, args.threads,
+                      set(args.paths) if args.paths else None)
         floor = floor_ms(preset, g["ort_int8"])
         results["presets"][preset] = {"ms_per_post": med, "floor_ms": floor}
         print(table(preset, med, floor) + "\n", flush=True)
