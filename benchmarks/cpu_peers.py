@@ -168,8 +168,12 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
 
     out: dict[str, Callable[[dict[str, np.ndarray]], Any]] = {}
     keep: list[Any] = []
+
+    def want(key: str) -> bool:  # build (and compile) only the paths that are timed
+        return only is None or key in only
+
     torch.set_num_threads(threads)
-    if not only or "torch-fp32" in only:  # the torch model only where it is timed
+    if want("torch-fp32"):
         model = SyDES.from_pretrained(checkpoint(preset)).eval()
 
         def torch_run(f: dict[str, np.ndarray]) -> Any:
@@ -179,32 +183,27 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
                              canvas_pixels=t["canvas_pixels"])
 
         out["torch-fp32"] = torch_run
-    for key in BUNDLES:
-        if only and key not in only:
-            continue
+    for key in filter(want, BUNDLES):
         backend = "openvino" if key.startswith("ov") else "onnxruntime"
         az = Analyzer(bundle(preset, key, calib_samples), backend=backend, device="cpu", threads=threads,
                       max_batch_size=max(batches))
         keep.append(az)
         out[key] = az.backend.run
-    if not only or "ort-int8-unfused" in only:
+    if want("ort-int8-unfused"):
         out["ort-int8-unfused"] = unfused(bundle(preset, "ort-int8", calib_samples), threads, max(batches), keep)
-    if only and not only & {"ov-int8-streams", "ov-int8-auto", "peer-ov-nncf-defaults"}:
-        return {k: v for k, v in out.items() if k in only}, keep  # skip compiling the OpenVINO models
-    # the same OpenVINO INT8 bundle with the throughput hint: each batch split over one stream per core
-    az = Analyzer(bundle(preset, "ov-int8", calib_samples), backend="openvino", device="cpu", threads=threads,
-                  hint="throughput", streams=threads, max_batch_size=max(batches))
-    keep.append(az)
-    out["ov-int8-streams"] = az.backend.run
-    az = Analyzer(bundle(preset, "ov-int8", calib_samples), backend="openvino", device="cpu", threads=threads,
-                  hint="auto", max_batch_size=max(batches))
-    keep.append(az)
-    out["ov-int8-auto"] = az.backend.run
-    compiled = peer_model(preset, CACHE / preset / "ort-fp32.sydes")
-    req = compiled.create_infer_request()
-    out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)
-    return {k: v for k, v in out.items() if not only or k in only}, keep
-
+    # the same OpenVINO INT8 bundle with the throughput hint (each batch split over one stream per core), and
+    # with hint="auto"
+    for key, hint in {"ov-int8-streams": {"hint": "throughput", "streams": threads},
+                      "ov-int8-auto": {"hint": "auto"}}.items():
+        if want(key):
+            az = Analyzer(bundle(preset, "ov-int8", calib_samples), backend="openvino", device="cpu",
+                          threads=threads, max_batch_size=max(batches), **hint)
+            keep.append(az)
+            out[key] = az.backend.run
+    if want("peer-ov-nncf-defaults"):
+        req = peer_model(preset, CACHE / preset / "ort-fp32.sydes").create_infer_request()
+        out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)
+    return out, keep
 
 def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int, threads: int,
             only: set[str] | None = None) -> dict[str, Any]:
