@@ -65,8 +65,8 @@ class Recipe:
         mine = {"data": self.data, **json.loads(json.dumps(dataclasses.asdict(self.opts)))}
         mine.pop("progress")
         if f.is_file():
-            # a run from before the text fields read the Caption alone
-            theirs = {**TextFields().to_dict(), **json.loads(f.read_text())}
+            # a run from before the text fields read the Caption alone, one from before the EMA had none
+            theirs = {**TextFields().to_dict(), "ema": 0.0, **json.loads(f.read_text())}
             theirs.pop("progress", None)
             # ablations and the INT8 check add stages; they change nothing that is already done
             additive = ("int8", "ablations", "variants")
@@ -202,7 +202,8 @@ class Recipe:
         opts = TrainOptions(
             stage="finetune", epochs=self.opts.baseline_epochs if baseline else self.opts.epochs,
             batch_size=self.opts.batch_size, lrs=lrs, image_tail_blocks=tail,
-            patience=self.opts.patience, seed=self.opts.seed, device=self.opts.device, progress=self.opts.progress,
+            patience=self.opts.patience, seed=self.opts.seed, ema=self.opts.ema, device=self.opts.device,
+            progress=self.opts.progress,
             save_every=10**9, log_every=10, feature_cache=self._cache_dir() if uses_images else None,
             feature_cache_dtype="float16",
             loss_weights=VARIANT_LOSS_WEIGHTS.get(variant or "", {}))

@@ -46,6 +46,8 @@ class TrainOptions:
     # fine-tune: the image encoder's last N layers (and its output norm) train at lrs["image_encoder"]; the
     # feature cache then holds the hidden state before them
     image_tail_blocks: int = 0
+    # > 0: evaluate and save as best an exponential moving average of the trained weights (training.ema)
+    ema: float = 0.0
 
     def validate(self) -> TrainOptions:
         check_stage(self.stage)
@@ -64,6 +66,8 @@ class TrainOptions:
         if self.image_tail_blocks and (self.stage != "finetune" or not self.lrs.get("image_encoder", 0) > 0):
             raise ConfigError("image_tail_blocks trains the image encoder's last layers: it needs the finetune "
                               "stage and an image_encoder learning rate > 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
         if self.loss_weights:
             from training.losses import loss_weights
 

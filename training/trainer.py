@@ -137,6 +137,11 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(_LossForward(self.model), device_ids=ids, find_unused_parameters=True)
+        self.ema = None
+        if opts.ema:
+            from training.ema import WeightEMA
+
+            self.ema = WeightEMA(unwrap(self.model), opts.ema)
         self.metrics = MetricsLog(self.output / "metrics.jsonl", self.dist.main)
         # progress state
         self.step = 0
@@ -157,6 +162,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def _progress(self) -> dict[str, Any]:
@@ -198,6 +204,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"{last} was trained without an EMA; this run has one: use another --output")
+            self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.micro_in_epoch = prog["step"], prog["epoch"], prog["micro_in_epoch"]
         self.best, self.best_step, self.bad_evals = prog["best"], prog["best_step"], prog["bad_evals"]
         self.stopped_early = prog.get("stopped_early", False)
@@ -261,18 +271,23 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _selected_weights(self):
+        """The weights that are evaluated and saved as best: the EMA's when there is one."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+
     def _eval_and_select(self) -> None:
-        row = self.evaluate()
-        if not row:
-            return
-        key = "macro_f1" if self.higher_is_better else "dev_loss"
-        value = row[key]
-        better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
-        if better:
-            self.best, self.best_step, self.bad_evals = value, self.step, 0
-            self.save("best", with_state=False)
-        else:
-            self.bad_evals += 1
+        with self._selected_weights():
+            row = self.evaluate()
+            if not row:
+                return
+            key = "macro_f1" if self.higher_is_better else "dev_loss"
+            value = row[key]
+            better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+            if better:
+                self.best, self.best_step, self.bad_evals = value, self.step, 0
+                self.save("best", with_state=False)
+            else:
+                self.bad_evals += 1
         self.metrics.write({"event": "eval", "step": self.step, "epoch": self.epoch, **row,
                             "best": self.best, "best_step": self.best_step})
         if self.dist.main:
@@ -332,6 +347,8 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                if self.ema is not None:
+                    self.ema.update()
                 pending = 0
                 group_size = min(opts.accum, self.micro_per_epoch - micro)
                 self.micro_in_epoch = micro
@@ -361,7 +378,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.best is None and self.dev_ds is None:  # no dev set: the last weights are the best we know
-            self.save("best", with_state=False)
+            with self._selected_weights():
+                self.save("best", with_state=False)
         summary = {"event": "end", "step": self.step, "epoch": self.epoch, "best": self.best,
                    "best_step": self.best_step, "stopped_early": self.stopped_early}
         self.metrics.write(summary)

@@ -54,6 +54,8 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     text_arguments(p, default="Title,Caption")
     p.add_argument("--no-baseline", action="store_true", help="do not train the text-only baseline")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 bundle and its dev score")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="both models select and save an EMA of their weights, e.g. 0.98 (default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--limit", type=int, default=None, help="read at most N rows per split (smoke runs)")
@@ -65,7 +67,7 @@ def run_recipe(args: argparse.Namespace) -> int:
 
     opts = RecipeOptions(preset=args.preset, epochs=args.epochs, baseline_epochs=args.baseline_epochs,
                          patience=args.patience, batch_size=args.batch_size, select_fraction=args.select_fraction,
-                         seed=args.seed, baseline=not args.no_baseline, int8=not args.no_int8,
+                         seed=args.seed, ema=args.ema, baseline=not args.no_baseline, int8=not args.no_int8,
                          ablations=_names(args.ablations), variants=_names(args.variants),
                          device=args.device, progress=not args.no_progress, limit=args.limit,
                          text_fields=_names(args.text_fields), text_separator=args.text_separator)

@@ -59,6 +59,8 @@ def _stage_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a parameter group's learning rate (repeatable)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up fraction (default 0.15 / 0.10)")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="evaluate and save an exponential moving average of the weights (e.g. 0.98; 0 = off)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="read at most N rows per split (smoke runs)")
     p.add_argument("--skip-invalid", action="store_true", help="skip (and count) invalid rows instead of failing")
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid, epochs=args.epochs, batch_size=args.batch_size, accum=args.accum,
         max_steps=args.max_steps, eval_every=args.eval_every, save_every=args.save_every,
         patience=args.patience, seed=args.seed, device=args.device, amp=args.amp, lrs=dict(args.lr),
-        warmup=args.warmup, clip=args.clip, num_workers=args.num_workers, feature_cache=args.feature_cache,
+        warmup=args.warmup, clip=args.clip, ema=args.ema, num_workers=args.num_workers, feature_cache=args.feature_cache,
         deterministic=args.deterministic, progress=not args.no_progress,
         text_fields=args.text_fields, text_separator=args.text_separator,
     )
