@@ -106,6 +106,11 @@ def test_trainer_saves_the_average_as_best_and_resumes_it(syn, tmp_path):
     assert moved, "best should hold the average, not the raw weights"
     for n, t in trainer.ema.shadow.items():
         torch.testing.assert_close(best[n], t)
+    import json
+
+    evals = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e.get("event") == "eval"]
+    assert evals and {"macro_f1", "raw_macro_f1", "raw_dev_loss"} <= set(evals[-1])
     state = torch.load(tmp_path / "run/last/training_state/state.pt", weights_only=True)
     assert state["ema"]["updates"] == trainer.step == 4
 

@@ -276,10 +276,13 @@ class Trainer:
         return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
 
     def _eval_and_select(self) -> None:
+        # with an EMA, the raw weights' scores are logged beside it (raw_*): what the average changed
+        raw = {f"raw_{k}": v for k, v in self.evaluate().items()} if self.ema is not None else {}
         with self._selected_weights():
             row = self.evaluate()
             if not row:
                 return
+            row.update(raw)
             key = "macro_f1" if self.higher_is_better else "dev_loss"
             value = row[key]
             better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
