@@ -17,8 +17,9 @@ The floor line: the preset's GFLOP/post (benchmarks/model_cost.py) at this CPU's
 (benchmarks/gemm_ceiling.py, measured in the same run). Each round times every path once per batch size, in
 a freshly shuffled order (seeded), so drift of a shared machine hits all paths alike; the table gives medians
 (ms/post) and ratios.
-Bundles are cached under $SYDES_BENCH_CACHE (default ~/.cache/sydes/bench/peers; by name only: delete it after
-changing the export code); calibration uses
+Bundles are cached under $SYDES_BENCH_CACHE (default ~/.cache/sydes/bench/peers), keyed by the source of the
+packages that make them (export/, calibration/, training/): a change to the export code builds them afresh and
+drops the stale ones; calibration uses
 msed-mini's train split where it is present (else generated posts). Asserts nothing.
 """
 
@@ -74,12 +75,28 @@ def calib_data() -> str:
     return str(MSED) if (MSED / "train" / "train.csv").is_file() else "generated"
 
 
+def code_key(extra: Any = None) -> str:
+    """12 hex digits of the sha256 over the .py files of the packages a bundle is made by, and `extra`."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for pkg in ("export", "calibration", "training"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            h.update(f.relative_to(ROOT).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def bundle(preset: str, key: str, calib_samples: int) -> Path:
+    import shutil
+
     from export.pipeline import ExportOptions, export_checkpoints
 
     target, precision = BUNDLES[key]
-    out = CACHE / preset / f"{key}.sydes"
+    out = CACHE / preset / f"{key}-{code_key([calib_samples, EXTRA.get(key)])}.sydes"
     if not (out / "manifest.json").is_file():
+        for stale in (CACHE / preset).glob(f"{key}-*.sydes"):  # made by other code: never timed again
+            shutil.rmtree(stale, ignore_errors=True)
         t = time.perf_counter()
         rep = export_checkpoints([checkpoint(preset)], out, ExportOptions(
             precision=precision, target=target, calib=calib_data() if precision == "int8" else None,
@@ -92,9 +109,11 @@ def peer_model(preset: str, fp32_bundle: Path) -> Any:
     """The OpenVINO + NNCF-defaults peer on our FP32 model.onnx (cached as an IR)."""
     import openvino as ov
 
-    xml = CACHE / preset / "peer-nncf-defaults.xml"
+    xml = CACHE / preset / f"peer-nncf-defaults-{fp32_bundle.stem}.xml"  # made from that bundle's graph
     core = ov.Core()
     if not xml.is_file():
+        for stale in (CACHE / preset).glob("peer-nncf-defaults*"):
+            stale.unlink()
         import nncf
 
         from calibration.data import load_items

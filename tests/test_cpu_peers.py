@@ -31,3 +31,34 @@ def test_unknown_path_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -
         cpu_peers.main(["--paths", "ort-int9"])
     err = capsys.readouterr().err
     assert "invalid choice: 'ort-int9'" in err and "ort-int8-unfused" in err
+
+
+def test_bundle_cache_is_keyed_by_the_export_code(tmp_path, monkeypatch) -> None:
+    import export.pipeline
+
+    root = tmp_path / "src"
+    for pkg in ("export", "calibration", "training"):
+        (root / pkg).mkdir(parents=True)
+        (root / pkg / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(cpu_peers, "ROOT", root)
+    monkeypatch.setattr(cpu_peers, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(cpu_peers, "checkpoint", lambda preset: tmp_path / "ck")
+    built: list[Path] = []
+
+    def fake_export(checkpoints, out, opts):
+        out.mkdir(parents=True)
+        (out / "manifest.json").write_text("{}")
+        built.append(out)
+
+        class Report:
+            def summary(self) -> str:
+                return "built"
+        return Report()
+
+    monkeypatch.setattr(export.pipeline, "export_checkpoints", fake_export)
+    first = cpu_peers.bundle("edge", "ort-fp32", 8)
+    assert cpu_peers.bundle("edge", "ort-fp32", 8) == first and len(built) == 1  # reused
+    assert cpu_peers.code_key([8, None]) != cpu_peers.code_key([16, None])
+    (root / "export" / "a.py").write_text("x = 2\n")  # the export code changed: built afresh, the old one gone
+    second = cpu_peers.bundle("edge", "ort-fp32", 8)
+    assert second != first and len(built) == 2 and second.is_dir() and not first.exists()
