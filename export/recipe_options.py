@@ -9,6 +9,7 @@ import numpy as np
 
 from sdk.errors import ConfigError
 from sdk.text_fields import TextFields
+from training.options import check_ema
 
 RECIPE_PRESETS = ("edge", "text-only", "tiny_vit_bert")
 ABLATIONS = ("global-only", "image-only")
@@ -80,8 +81,7 @@ class RecipeOptions:
             raise ConfigError("the warm-text variant starts from the baseline: it needs the baseline stage")
         if not 0.0 < self.select_fraction < 0.5:
             raise ConfigError(f"select_fraction must be in (0, 0.5), got {self.select_fraction}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
+        check_ema(self.ema)
         for name in ("epochs", "baseline_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

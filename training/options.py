@@ -16,6 +16,13 @@ def check_stage(stage: str) -> str:
     return stage
 
 
+def check_ema(decay: float) -> float:
+    """`decay` if it is a valid EMA setting (0 = off), else a ConfigError (TrainOptions and the recipe's)."""
+    if not 0.0 <= decay < 1.0:
+        raise ConfigError(f"ema is a decay in [0, 1) (0 = off), got {decay}")
+    return decay
+
+
 @dataclass
 class TrainOptions:
     stage: str = "finetune"
@@ -66,8 +73,7 @@ class TrainOptions:
         if self.image_tail_blocks and (self.stage != "finetune" or not self.lrs.get("image_encoder", 0) > 0):
             raise ConfigError("image_tail_blocks trains the image encoder's last layers: it needs the finetune "
                               "stage and an image_encoder learning rate > 0")
-        if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"ema is a decay in [0, 1) (0 = off), got {self.ema}")
+        check_ema(self.ema)
         if self.loss_weights:
             from training.losses import loss_weights
 

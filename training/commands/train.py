@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid, epochs=args.epochs, batch_size=args.batch_size, accum=args.accum,
         max_steps=args.max_steps, eval_every=args.eval_every, save_every=args.save_every,
         patience=args.patience, seed=args.seed, device=args.device, amp=args.amp, lrs=dict(args.lr),
-        warmup=args.warmup, clip=args.clip, ema=args.ema, num_workers=args.num_workers, feature_cache=args.feature_cache,
-        deterministic=args.deterministic, progress=not args.no_progress,
+        warmup=args.warmup, clip=args.clip, ema=args.ema, num_workers=args.num_workers,
+        feature_cache=args.feature_cache, deterministic=args.deterministic, progress=not args.no_progress,
         text_fields=args.text_fields, text_separator=args.text_separator,
     )
     import os
