@@ -8,7 +8,7 @@ that was interrupted continues from its own `last/` checkpoint):
     baseline  the text-only model (same text encoder, mean pooling + a linear layer per task)
     features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
     model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
-    <variant> optional candidates for best (warm-text, structure-loss, image-tail, unimodal); <ablation> diagnostics
+    <variant> optional candidates for best (warm-text, structure-loss, image-tail, unimodal, joint-head); <ablation> diagnostics
               (global-only, image-only)
     decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
     best      RUN/best/: the candidate (model or a variant) best on the selection slice, with its label
@@ -162,6 +162,8 @@ class Recipe:
             elif variant == "unimodal":
                 model.add_unimodal_heads()
         model.config.label_structure = self._structure()
+        if variant == "joint-head":  # after the table: the head scores its combinations
+            model.add_joint_head()
         model.config.tokenizer.set_text_recipe(self.opts.text_recipe())  # recorded in every checkpoint
         return model, load_tokenizer(model.config)
 

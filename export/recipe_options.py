@@ -22,10 +22,15 @@ ABLATIONS = ("global-only", "image-only")
 # unimodal: training-only linear heads on the image summary and on the text tokens alone, their CE added with
 # UNIMODAL_LOSS_WEIGHT (SyDES.add_unimodal_heads): the fused model otherwise leans on the text, and the image
 # path learns only what the text leaves over; inference is unchanged.
-VARIANTS = ("warm-text", "structure-loss", "image-tail", "unimodal")
+# joint-head: the heads answer through a joint output over the valid label combinations (SyDES.add_joint_head;
+# per-task logits = its log-marginals, so the bundle's outputs do not change), trained with the per-task CE
+# plus the combination's NLL at JOINT_LOSS_WEIGHT: the tasks share what the label table says they share.
+VARIANTS = ("warm-text", "structure-loss", "image-tail", "unimodal", "joint-head")
 STRUCTURE_LOSS_WEIGHT = 1.0
 UNIMODAL_LOSS_WEIGHT = 1.0  # not tuned: each modality's CE weighs as much as the fused one
-VARIANT_LOSS_WEIGHTS = {"structure-loss": {"structure": STRUCTURE_LOSS_WEIGHT}, "unimodal": {"unimodal": UNIMODAL_LOSS_WEIGHT}}
+JOINT_LOSS_WEIGHT = 1.0  # not tuned: the combination's NLL weighs as much as the per-task CE
+VARIANT_LOSS_WEIGHTS = {"structure-loss": {"structure": STRUCTURE_LOSS_WEIGHT},
+                        "unimodal": {"unimodal": UNIMODAL_LOSS_WEIGHT}, "joint-head": {"joint": JOINT_LOSS_WEIGHT}}
 IMAGE_TAIL_BLOCKS = 1
 IMAGE_TAIL_LR = 5e-5  # the text encoder's: the rate that fine-tunes a pretrained encoder here
 BASELINE = "text-only"

@@ -310,7 +310,7 @@ def test_training_losses_finite_and_backward(kind):
     batch = {"input_ids": ids, "attention_mask": mask, "global_pixels": gp, "canvas_pixels": cp}
     labels = {"sentiment": torch.tensor([0, 2]), "desire": torch.tensor([6, 1])}
     pre = model.training_losses(batch, labels, stage="pretrain")
-    assert set(pre) == {"itc", "consistency", "kl", "recon", "ce", "structure", "unimodal", "loss"}
+    assert set(pre) == {"itc", "consistency", "kl", "recon", "ce", "structure", "unimodal", "joint", "loss"}
     assert all(torch.isfinite(v) for v in pre.values())
     expected = 0.5 * pre["itc"] + 0.5 * pre["consistency"] + 0.025 * pre["kl"] + pre["recon"]
     torch.testing.assert_close(pre["loss"], expected)

@@ -36,7 +36,8 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("SYDES_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
-                         int8_calib_samples=16, variants=("warm-text", "structure-loss", "image-tail", "unimodal"))
+                         int8_calib_samples=16, variants=("warm-text", "structure-loss", "image-tail", "unimodal",
+                                                           "joint-head"))
     recipe = Recipe(data, run, opts)
     report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
@@ -48,7 +49,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["baseline_int8"]["modes"]["joint"]["contradictions"] == 0
     assert json.loads((run / "baseline-int8.sydes" / "manifest.json").read_text())["preprocess"] is None
     assert "Dev margin of model over the text-only baseline" in md and "paired bootstrap" in md
-    assert set(report["margins"]) == {"model", "warm-text", "structure-loss", "image-tail", "unimodal"}
+    assert set(report["margins"]) == {"model", "warm-text", "structure-loss", "image-tail", "unimodal", "joint-head"}
     # selection never saw dev; the table is learnt from the fit rows only
     split = json.loads((run / "stages" / "data.json").read_text())
     assert len(split["fit"]) + len(split["select"]) == 40 and split["dev"] == 16
@@ -62,7 +63,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["int8"]["modes"]["joint"]["contradictions"] == 0
     # the variant is a candidate for best, chosen on the selection slice; it starts from the baseline's encoder
     models = report["decoding"]
-    best = max(("model", "warm-text", "structure-loss", "image-tail", "unimodal"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
+    best = max(("model", "warm-text", "structure-loss", "image-tail", "unimodal", "joint-head"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
     assert report["best"]["candidate"] == best and "candidate best on the selection slice" in md
     from training.checkpoints import load_model
 
@@ -80,6 +81,11 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert all(r["unimodal"] > 0 for r in uni if r.get("event") == "train")
     assert load_model(run / "unimodal" / "best").config.unimodal_heads
     assert not load_model(run / "model" / "best").config.unimodal_heads
+    # joint-head: trained with the combination's NLL, saved with the head; the model without
+    jh = [json.loads(line) for line in (run / "joint-head" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["joint"] > 0 for r in jh if r.get("event") == "train")
+    assert load_model(run / "joint-head" / "best").config.joint_head
+    assert not load_model(run / "model" / "best").config.joint_head
     # image-tail: the image encoder's last layer (and output norm) trained, the layers before it did not
     start = recipe._build("tiny_vit_bert")[0].image_encoder.state_dict()
     for name, frozen_expected in (("model", True), ("image-tail", False)):

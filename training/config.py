@@ -156,6 +156,9 @@ class SydesConfig:
     # Training only (not in the reference): a linear head per task on each modality alone, whose CE joins the
     # fused one (modules.UnimodalHeads; the recipe's `unimodal` variant). The inference path never reads them.
     unimodal_heads: bool = False
+    # Not in the reference: the structured tasks' logits are the log-marginals of a joint output over the
+    # label_structure's combinations (modules.JointHead; the recipe's `joint-head` variant). Needs the table.
+    joint_head: bool = False
     version: int = CONFIG_VERSION
 
     # ---- derived sizes --------------------------------------------------------------------------
@@ -248,6 +251,8 @@ class SydesConfig:
             from sdk.labels import LabelStructure
 
             LabelStructure.from_dict(self.label_structure, self.tasks)  # ConfigError naming the problem
+        elif self.joint_head:
+            raise ConfigError("joint_head needs a label_structure (the valid label combinations it scores)")
         max_pos = self.text.config.get("max_position_embeddings")
         if max_pos is not None and self.tokenizer.max_length > int(max_pos):
             raise ConfigError(
@@ -286,6 +291,7 @@ class SydesConfig:
                 label_structure=d.pop("label_structure", None),
                 image_summary=bool(d.pop("image_summary", False)),
                 unimodal_heads=bool(d.pop("unimodal_heads", False)),
+                joint_head=bool(d.pop("joint_head", False)),
             )
         except KeyError as e:
             raise ConfigError(f"SyDES config lacks the field {e.args[0]!r}") from None

@@ -12,12 +12,12 @@ from sdk.errors import ConfigError
 
 from .options import check_stage
 
-LOSSES = ("itc", "consistency", "kl", "recon", "ce", "structure", "unimodal")
-# structure, unimodal: not in SYDES.md; off unless asked for (the recipe's `structure-loss` / `unimodal` variants, #13)
-PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0, "structure": 0.0,
-                    "unimodal": 0.0}
-FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0, "structure": 0.0,
-                    "unimodal": 0.0}
+LOSSES = ("itc", "consistency", "kl", "recon", "ce", "structure", "unimodal", "joint")
+# structure, unimodal, joint: not in SYDES.md; off unless asked for (the recipe's `structure-loss` / `unimodal` /
+# `joint-head` variants, #13)
+_EXTRA = {"structure": 0.0, "unimodal": 0.0, "joint": 0.0}
+PRETRAIN_WEIGHTS = {"itc": 0.5, "consistency": 0.5, "kl": 0.025, "recon": 1.0, "ce": 0.0, **_EXTRA}
+FINETUNE_WEIGHTS = {"itc": 0.4, "consistency": 0.0, "kl": 0.0, "recon": 0.0, "ce": 1.0, **_EXTRA}
 
 
 def loss_weights(stage: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -48,6 +48,20 @@ def structure_loss(logits: Mapping[str, torch.Tensor], tasks: Sequence[str], com
     return -torch.logsumexp(score, dim=1).mean()
 
 
+def joint_nll(scores: torch.Tensor, labels: Mapping[str, torch.Tensor], tasks: Sequence[str],
+              combos: torch.Tensor) -> torch.Tensor:
+    """-log p(the post's label combination) under the joint head's scores [B, K] over `combos` [K, T] (columns
+    in `tasks` order), mean over the posts whose labels form one of the combinations (others, e.g. with a
+    missing label, add nothing); 0 when there is none."""
+    y = torch.stack([labels[t] for t in tasks], dim=1).to(combos.device)  # [B, T]
+    match = (y.unsqueeze(1) == combos.unsqueeze(0)).all(dim=-1)  # [B, K]
+    keep = match.any(dim=1)
+    if not keep.any():
+        return scores.new_zeros(())
+    s = scores[keep].float()
+    return (torch.logsumexp(s, dim=1) - s[match[keep]]).mean()
+
+
 def label_combos(structure: Mapping[str, Any] | None, tasks: Mapping[str, Sequence[str]], *, required: bool,
                  device: torch.device | None = None) -> tuple[Sequence[str], torch.Tensor] | None:
     """A config's label_structure -> (its tasks, combos [K, T] long) for structure_loss; None without one
@@ -65,13 +79,15 @@ def label_combos(structure: Mapping[str, Any] | None, tasks: Mapping[str, Sequen
 
 def sydes_losses(out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], stage: str, *,
                  temperature: torch.Tensor, logit_scale: torch.Tensor, patch_size: int,
-                 structure: tuple[Sequence[str], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 structure: tuple[Sequence[str], torch.Tensor] | None = None,
+                 joint: tuple[Sequence[str], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """forward_train's outputs -> unweighted losses: itc (symmetric InfoNCE, similarities scaled by
     exp(temperature)); pretrain: consistency (MSE of the decoder's and the image's latents), kl (MAE vs CLIP
     similarity distributions, + entropy), recon (pixel MSE over the dropped patches); ce (summed over
     `labels`' tasks, logits from out["logits"]); unimodal (the same CE of out["unimodal_logits"]' image and text
     heads, where the model has them); structure (structure_loss over `structure` = (tasks,
-    combos), when given and logits were computed, else 0)."""
+    combos), when given and logits were computed, else 0); joint (joint_nll of out["joint_scores"] over `joint` =
+    (tasks, combos) of the model's joint head, where every one of those tasks is labelled, else 0)."""
     img, txt = out["img_latents"], out["text_latents"]
     zero = img.new_zeros(())
     losses: dict[str, torch.Tensor] = {}
@@ -98,4 +114,7 @@ def sydes_losses(out: Mapping[str, Any], labels: Mapping[str, torch.Tensor], sta
     losses["unimodal"] = sum((F.cross_entropy(m[t], y) for m in uni.values() for t, y in labels.items()), start=zero)
     logits = out.get("logits")
     losses["structure"] = structure_loss(logits, *structure) if structure is not None and logits else zero
+    scores = out.get("joint_scores")
+    labelled = joint is not None and all(t in labels for t in joint[0])
+    losses["joint"] = joint_nll(scores, labels, *joint) if scores is not None and labelled else zero  # type: ignore[misc]
     return losses

@@ -14,6 +14,7 @@ the feature cache, training with cached encoder outputs):
     decode          text_proj -> ln3_post = queries; ln2_post(memory) = memory; causal decoder -> [B,L-1,O]
     pool            masked mean / max / attention pooling -> multipool_proj -> ln4_post -> [B,O]
     classify        (+ the global-view summary) per task: proj2(proj1(x) + x) -> logits [B,C]
+    joint           (joint_head) scores of the K valid label combinations -> per-task log-marginals [B,C]
 Training (MAE's split): `forward_encoder` (pretrain: the tiles' patches masked before the encoder),
 `forward_decoder` (the text-guided MIM image decoder), `forward_loss` (training.losses).
 Only the patch tokens reach the logits: the global view's CLS (and CLIP's post_layernorm) feed
@@ -43,6 +44,7 @@ from .modules import (
     EmbedToLatents,
     GateKV,
     ImageDecoder,
+    JointHead,
     TaskHead,
     TaskHeads,
     TextDecoder,
@@ -113,6 +115,8 @@ class SyDES(Checkpointable, nn.Module):
         self.init_weights()
         if config.unimodal_heads:
             self.add_unimodal_heads()
+        if config.joint_head:
+            self.add_joint_head()
 
     def init_weights(self) -> None:
         """`init_module` through the module tree (the backbones excepted), then the two exceptions the recipe
@@ -135,6 +139,22 @@ class SyDES(Checkpointable, nn.Module):
         image_dim = c.decoder.output_dim if c.image_summary else c.vision.hidden_size
         self.unimodal = UnimodalHeads(image_dim, c.text.hidden_size, {t: len(v) for t, v in c.tasks.items()})
         self.unimodal.apply(init_module)
+
+    def add_joint_head(self) -> None:
+        """Attach modules.JointHead over config.label_structure's combinations (proj zero: the start is the
+        per-task heads restricted to valid combinations) and set config.joint_head. Created after the rest, like
+        add_unimodal_heads, so the other modules' init does not change."""
+        c = self.config
+        if c.label_structure is None:
+            raise ConfigError("the joint head needs the model's label_structure (sydes train recipe sets it)")
+        from sdk.labels import LabelStructure
+
+        table = LabelStructure.from_dict(c.label_structure, c.tasks)
+        c.joint_head = True
+        head_in = c.decoder.output_dim * (2 if c.image_summary else 1)  # what the task heads read
+        self.joint = JointHead(head_in, table.tasks, {t: len(v) for t, v in c.tasks.items()}, table.combos)
+        nn.init.zeros_(self.joint.proj.weight)
+        nn.init.zeros_(self.joint.proj.bias)
 
     # ---- backbone: encode -> Features ----------------------------------------------------------
     def image_features(self, *, layer: int | None = None, **views: torch.Tensor) -> torch.Tensor:
@@ -198,7 +218,19 @@ class SyDES(Checkpointable, nn.Module):
     # ---- head: Features -> logits ----------------------------------------------------------------
     def head(self, f: Features) -> dict[str, torch.Tensor]:
         """Features -> {task: logits [B, C]}: decode, pool, classify."""
-        return self.classify(self.pool(self.decode(f.memory, f.text_tokens, f.memory_padding), f.text_mask), f.memory)
+        return self.head_outputs(f)[0]
+
+    def head_outputs(self, f: Features) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Features -> ({task: logits [B, C]}, the joint head's scores [B, K] or None): with a joint head the
+        structured tasks' logits are its log-marginals."""
+        pooled = self.pool(self.decode(f.memory, f.text_tokens, f.memory_padding), f.text_mask)
+        if self.config.image_summary:
+            pooled = torch.cat([pooled, self.summarise_image(f.memory)], -1)
+        logits = self.heads(pooled)
+        if not self.config.joint_head:
+            return logits, None
+        scores = self.joint.scores(pooled, logits)
+        return {**logits, **self.joint.marginals(scores)}, scores
 
     def decode(self, memory: torch.Tensor, text_tokens: torch.Tensor,
                image_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,13 +248,6 @@ class SyDES(Checkpointable, nn.Module):
         scores = (q @ tokens.transpose(1, 2)).masked_fill(~keep.unsqueeze(1), neg)  # [B, 1, L-1]
         attn = (torch.softmax(scores, dim=-1) @ tokens).squeeze(1)
         return self.ln4_post(self.multipool_proj(torch.cat([mean, mx, attn], dim=-1)))
-
-    def classify(self, pooled: torch.Tensor, memory: torch.Tensor) -> dict[str, torch.Tensor]:
-        """pooled [B, O], memory [B, V*P, Dv] -> {task: logits [B, C]} (with the global-view summary where the
-        config has it: the first P memory tokens are the global view's patches)."""
-        if self.config.image_summary:
-            pooled = torch.cat([pooled, self.summarise_image(memory)], -1)
-        return self.heads(pooled)
 
     def summarise_image(self, memory: torch.Tensor) -> torch.Tensor:
         """memory [B, V*P, Dv] -> the global view's summary [B, O] (image_summary), or its mean patch [B, Dv]."""
@@ -312,7 +337,7 @@ class SyDES(Checkpointable, nn.Module):
         out["img_latents"] = self.img_to_latents(f.image_cls)
         out["text_latents"] = self.text_to_latents(f.text_cls)
         if need_logits:
-            out["logits"] = self.head(f)
+            out["logits"], out["joint_scores"] = self.head_outputs(f)
             if self.config.unimodal_heads:
                 out["unimodal_logits"] = self.unimodal(self.summarise_image(f.memory), f.text_tokens, f.text_mask)
         return out
@@ -344,8 +369,9 @@ class SyDES(Checkpointable, nn.Module):
                      structure: bool = False) -> dict[str, torch.Tensor]:
         """forward_train's outputs -> unweighted losses (training.losses; `structure`: with the structure loss)."""
         combos = label_combos(self.config.label_structure, self.config.tasks, required=True) if structure else None
+        joint = (self.joint.tasks, self.joint.combos) if self.config.joint_head else None
         return sydes_losses(out, labels, stage, temperature=self.temperature, logit_scale=self.logit_scale,
-                            patch_size=self.config.patch_size, structure=combos)
+                            patch_size=self.config.patch_size, structure=combos, joint=joint)
 
     def forward_pretrain(self, batch_inputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor] | None = None
                          ) -> dict[str, torch.Tensor]:
