@@ -1,4 +1,4 @@
-"""The joint head (modules.JointHead, SyDES.add_joint_head, the recipe's `joint-head` variant): its marginals and
+"""The joint head (extra_heads.JointHead, SyDES.add_joint_head, the recipe's `joint-head` variant): its marginals and
 NLL against brute force, its start, the errors, the checkpoint round trip and the exported graph's parity."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 from sdk.errors import ConfigError
 from sdk.labels import LabelStructure
 from training import presets
+from training.extra_heads import JointHead
 from training.losses import joint_nll
 from training.model import SyDES
-from training.modules import JointHead
 
 SIZES = {"sentiment": 3, "emotion": 4}
 COMBOS = [(0, 0), (1, 1), (2, 2), (2, 1)]  # emotion 3 occurs in no combination

@@ -154,10 +154,10 @@ class SydesConfig:
     # (mean and max -> LayerNorm -> Linear -> GELU), concatenated to the decoder's pooled text feature.
     image_summary: bool = False
     # Training only (not in the reference): a linear head per task on each modality alone, whose CE joins the
-    # fused one (modules.UnimodalHeads; the recipe's `unimodal` variant). The inference path never reads them.
+    # fused one (extra_heads.UnimodalHeads; the recipe's `unimodal` variant). The inference path never reads them.
     unimodal_heads: bool = False
     # Not in the reference: the structured tasks' logits are the log-marginals of a joint output over the
-    # label_structure's combinations (modules.JointHead; the recipe's `joint-head` variant). Needs the table.
+    # label_structure's combinations (extra_heads.JointHead; the recipe's `joint-head` variant). Needs the table.
     joint_head: bool = False
     version: int = CONFIG_VERSION
 

@@ -37,6 +37,7 @@ from sdk.errors import ConfigError
 from .backbones import TextEncoder, VisionEncoder
 from .checkpoints import Checkpointable
 from .config import SydesConfig
+from .extra_heads import JointHead, UnimodalHeads
 from .losses import LOSSES, label_combos, loss_weights, sydes_losses
 from .modules import (
     Attention,
@@ -44,12 +45,10 @@ from .modules import (
     EmbedToLatents,
     GateKV,
     ImageDecoder,
-    JointHead,
     TaskHead,
     TaskHeads,
     TextDecoder,
     Tiler,
-    UnimodalHeads,
     init_module,
     masked_mean,
     random_masking,
@@ -132,7 +131,7 @@ class SyDES(Checkpointable, nn.Module):
                 nn.init.zeros_(blk.mlp.c_proj.weight)
 
     def add_unimodal_heads(self) -> None:
-        """Attach the training-only modules.UnimodalHeads (image: summarise_image's output; text: its tokens) and
+        """Attach the training-only extra_heads.UnimodalHeads (image: summarise_image's output; text: its tokens) and
         set config.unimodal_heads. Created after the rest, so the other modules' init is the same without them."""
         c = self.config
         c.unimodal_heads = True
@@ -141,20 +140,9 @@ class SyDES(Checkpointable, nn.Module):
         self.unimodal.apply(init_module)
 
     def add_joint_head(self) -> None:
-        """Attach modules.JointHead over config.label_structure's combinations (proj zero: the start is the
-        per-task heads restricted to valid combinations) and set config.joint_head. Created after the rest, like
-        add_unimodal_heads, so the other modules' init does not change."""
-        c = self.config
-        if c.label_structure is None:
-            raise ConfigError("the joint head needs the model's label_structure (sydes train recipe sets it)")
-        from sdk.labels import LabelStructure
-
-        table = LabelStructure.from_dict(c.label_structure, c.tasks)
-        c.joint_head = True
-        head_in = c.decoder.output_dim * (2 if c.image_summary else 1)  # what the task heads read
-        self.joint = JointHead(head_in, table.tasks, {t: len(v) for t, v in c.tasks.items()}, table.combos)
-        nn.init.zeros_(self.joint.proj.weight)
-        nn.init.zeros_(self.joint.proj.bias)
+        """Attach extra_heads.JointHead (after the rest, like add_unimodal_heads) and set config.joint_head."""
+        self.joint = JointHead.for_config(self.config)
+        self.config.joint_head = True
 
     # ---- backbone: encode -> Features ----------------------------------------------------------
     def image_features(self, *, layer: int | None = None, **views: torch.Tensor) -> torch.Tensor:
@@ -221,8 +209,7 @@ class SyDES(Checkpointable, nn.Module):
         return self.head_outputs(f)[0]
 
     def head_outputs(self, f: Features) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Features -> ({task: logits [B, C]}, the joint head's scores [B, K] or None): with a joint head the
-        structured tasks' logits are its log-marginals."""
+        """Features -> ({task: logits [B, C]}, joint-head scores [B, K] or None; its log-marginals are the logits)."""
         pooled = self.pool(self.decode(f.memory, f.text_tokens, f.memory_padding), f.text_mask)
         if self.config.image_summary:
             pooled = torch.cat([pooled, self.summarise_image(f.memory)], -1)
