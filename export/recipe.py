@@ -259,9 +259,14 @@ class Recipe:
         _, select, dev = self._records()
         probs = {n: dict(np.load(self.out / n / "probs.npz")) for n in names}
         models = {n: decoding_table(self._structure(), self._tasks(), probs[n], select, dev) for n in names}
-        margin = (margins(self._structure(), self._tasks(), probs, {n: d["chosen"] for n, d in models.items()}, dev)
+        chosen = {n: d["chosen"] for n, d in models.items()}
+        margin = (margins(self._structure(), self._tasks(), probs, chosen, dev)
                   if "baseline" in names and len(names) > 1 else {})  # reported, never used to choose
-        return {"models": models, "margins": margin}
+        # each variant / ablation against the preset trained in the same run: what the change itself did on dev
+        others = {n: p for n, p in probs.items() if n != "baseline"}
+        vs_model = (margins(self._structure(), self._tasks(), others, chosen, dev, reference="model")
+                    if "model" in others and len(others) > 1 else {})
+        return {"models": models, "margins": margin, "margins_vs_model": vs_model}
 
     def _best(self, decoding: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
         from training.checkpoints import set_label_structure
@@ -338,5 +343,5 @@ class Recipe:
                                                                         decoding["models"]["baseline"]["chosen"]))
         stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted(self.stages.glob("*.json"), key=lambda p: p.stat().st_mtime)}
         return write_report(self.out, self.opts, self._done("data"), trained, decoding["models"], best, int8, stages,
-                            decoding.get("margins"), base8)
+                            decoding.get("margins"), base8, decoding.get("margins_vs_model"))
 

@@ -50,6 +50,9 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert json.loads((run / "baseline-int8.sydes" / "manifest.json").read_text())["preprocess"] is None
     assert "Dev margin of model over the text-only baseline" in md and "paired bootstrap" in md
     assert set(report["margins"]) == {"model", "warm-text", "structure-loss", "image-tail", "unimodal", "joint-head"}
+    # each variant against the model of the same run, too
+    assert set(report["margins_vs_model"]) == {"warm-text", "structure-loss", "image-tail", "unimodal", "joint-head"}
+    assert "Dev margin of joint-head over the tiny_vit_bert model of this run" in md
     # selection never saw dev; the table is learnt from the fit rows only
     split = json.loads((run / "stages" / "data.json").read_text())
     assert len(split["fit"]) + len(split["select"]) == 40 and split["dev"] == 16

@@ -122,10 +122,11 @@ def _row(name: str, s: dict[str, Any], tasks: list[str], extra: str = "") -> str
 
 def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, Any], decoding: dict[str, Any],
                  best: dict[str, Any], int8: dict[str, Any] | None, stages: dict[str, float],
-                 margin: dict[str, Any] | None = None, baseline_int8: dict[str, Any] | None = None) -> dict[str, Any]:
+                 margin: dict[str, Any] | None = None, baseline_int8: dict[str, Any] | None = None,
+                 vs_model: dict[str, Any] | None = None) -> dict[str, Any]:
     tasks = list(data["label_structure"]["tasks"])
     report = {"options": dataclasses.asdict(opts), "data": {k: v for k, v in data.items() if k not in ("fit", "select")},
-              "models": trained, "decoding": decoding, "margins": margin or {}, "best": best, "int8": int8,
+              "models": trained, "decoding": decoding, "margins": margin or {}, "margins_vs_model": vs_model or {}, "best": best, "int8": int8,
               "baseline_int8": baseline_int8, "stage_seconds": stages}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
     head = "| model | " + " | ".join(tasks) + " | mean | GFLOP/post | params (M) | epochs run |"
@@ -143,11 +144,12 @@ def write_report(out: Path, opts: Any, data: dict[str, Any], trained: dict[str, 
         label = {"baseline": "text-only (baseline)", "model": opts.preset}.get(name, f"{opts.preset}: {name}")
         lines.append(_row(f"{label}, {mode}", d["dev"][mode], tasks,
                           f" {t['cost']['gflop_per_post']} | {t['cost']['params_m']} | {epochs} |"))
-    for name, m in (margin or {}).items():
-        lines += ["", f"Dev margin of {name} over the text-only baseline, each in its chosen decoding: "
-                  f"{m['difference']:+.1f} points of mean macro-F1 (95% interval {m['low']:+.1f} .. {m['high']:+.1f}, "
-                  f"paired bootstrap over the dev posts, {m['resamples']} resamples; above 0 in "
-                  f"{100 * m['share_above_zero']:.0f}% of them)."]
+    for ref, found in (("the text-only baseline", margin), (f"the {opts.preset} model of this run", vs_model)):
+        for name, m in (found or {}).items():
+            lines += ["", f"Dev margin of {name} over {ref}, each in its chosen decoding: "
+                      f"{m['difference']:+.1f} points of mean macro-F1 (95% interval {m['low']:+.1f} .. "
+                      f"{m['high']:+.1f}, paired bootstrap over the dev posts, {m['resamples']} resamples; above 0 in "
+                      f"{100 * m['share_above_zero']:.0f}% of them)."]
     sel = ", ".join(f"{n} {d['select'][d['chosen']]['mean_macro_f1']:.1f}" for n, d in decoding.items())
     lines += ["", f"RUN/best is **{best.get('candidate', 'model')}** ({best['decoding']}), the candidate best on the "
               f"selection slice (mean macro-F1 there: {sel}).", "", "## Decoding (dev)", "", "| model | decoding | " + " | ".join(tasks) +
