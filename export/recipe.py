@@ -8,7 +8,8 @@ that was interrupted continues from its own `last/` checkpoint):
     baseline  the text-only model (same text encoder, mean pooling + a linear layer per task)
     features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
     model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
-    <variant> optional candidates for best (warm-text, structure-loss, image-tail, unimodal, joint-head); <ablation> diagnostics
+    <variant> optional candidates for best (warm-text, structure-loss, image-tail, unimodal, joint-head,
+              shallow-decoder); <ablation> diagnostics
               (global-only, image-only)
     decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
     best      RUN/best/: the candidate (model or a variant) best on the selection slice, with its label
@@ -161,6 +162,15 @@ class Recipe:
                 model.text_encoder.load_state_dict(base.text_encoder.state_dict())
             elif variant == "unimodal":
                 model.add_unimodal_heads()
+            elif variant == "shallow-decoder":  # the same encoders (the preset's sources), a fresh shallower decoder
+                import dataclasses
+
+                from training.model import SyDES
+
+                c = model.config
+                layers = max(1, c.decoder.layers // 2)
+                model = SyDES(dataclasses.replace(c, decoder=dataclasses.replace(c.decoder, layers=layers)),
+                              load_pretrained=self.opts.preset == "edge")
         model.config.label_structure = self._structure()
         if variant == "joint-head":  # after the table: the head scores its combinations
             model.add_joint_head()

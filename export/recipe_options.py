@@ -25,7 +25,9 @@ ABLATIONS = ("global-only", "image-only")
 # joint-head: the heads answer through a joint output over the valid label combinations (SyDES.add_joint_head;
 # per-task logits = its log-marginals, so the bundle's outputs do not change), trained with the per-task CE
 # plus the combination's NLL at JOINT_LOSS_WEIGHT: the tasks share what the label table says they share.
-VARIANTS = ("warm-text", "structure-loss", "image-tail", "unimodal", "joint-head")
+# shallow-decoder: the preset's multimodal decoder with half its layers (edge: 2 of 4), fewer weights to fit
+# from 1,274 posts; the encoders and everything else as the preset.
+VARIANTS = ("warm-text", "structure-loss", "image-tail", "unimodal", "joint-head", "shallow-decoder")
 STRUCTURE_LOSS_WEIGHT = 1.0
 UNIMODAL_LOSS_WEIGHT = 1.0  # not tuned: each modality's CE weighs as much as the fused one
 JOINT_LOSS_WEIGHT = 1.0  # not tuned: the combination's NLL weighs as much as the per-task CE
