@@ -37,7 +37,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     run = tmp_path / "run"
     opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
                          int8_calib_samples=16, variants=("warm-text", "structure-loss", "image-tail", "unimodal",
-                                                           "joint-head"))
+                                                           "joint-head", "shallow-decoder"))
     recipe = Recipe(data, run, opts)
     report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
@@ -49,9 +49,9 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["baseline_int8"]["modes"]["joint"]["contradictions"] == 0
     assert json.loads((run / "baseline-int8.sydes" / "manifest.json").read_text())["preprocess"] is None
     assert "Dev margin of model over the text-only baseline" in md and "paired bootstrap" in md
-    assert set(report["margins"]) == {"model", "warm-text", "structure-loss", "image-tail", "unimodal", "joint-head"}
+    assert set(report["margins"]) == {"model", *opts.variants}
     # each variant against the model of the same run, too
-    assert set(report["margins_vs_model"]) == {"warm-text", "structure-loss", "image-tail", "unimodal", "joint-head"}
+    assert set(report["margins_vs_model"]) == set(opts.variants)
     assert "Dev margin of joint-head over the tiny_vit_bert model of this run" in md
     # selection never saw dev; the table is learnt from the fit rows only
     split = json.loads((run / "stages" / "data.json").read_text())
@@ -66,7 +66,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert report["int8"]["modes"]["joint"]["contradictions"] == 0
     # the variant is a candidate for best, chosen on the selection slice; it starts from the baseline's encoder
     models = report["decoding"]
-    best = max(("model", "warm-text", "structure-loss", "image-tail", "unimodal", "joint-head"), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
+    best = max(("model", *opts.variants), key=lambda n: models[n]["select"][models[n]["chosen"]]["mean_macro_f1"])
     assert report["best"]["candidate"] == best and "candidate best on the selection slice" in md
     from training.checkpoints import load_model
 
@@ -89,6 +89,9 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert all(r["joint"] > 0 for r in jh if r.get("event") == "train")
     assert load_model(run / "joint-head" / "best").config.joint_head
     assert not load_model(run / "model" / "best").config.joint_head
+    # shallow-decoder: half the preset's decoder layers, saved so
+    layers = load_model(run / "model" / "best").config.decoder.layers
+    assert load_model(run / "shallow-decoder" / "best").config.decoder.layers == max(1, layers // 2) < layers
     # image-tail: the image encoder's last layer (and output norm) trained, the layers before it did not
     start = recipe._build("tiny_vit_bert")[0].image_encoder.state_dict()
     for name, frozen_expected in (("model", True), ("image-tail", False)):
