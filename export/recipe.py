@@ -163,8 +163,6 @@ class Recipe:
             elif variant == "unimodal":
                 model.add_unimodal_heads()
             elif variant == "shallow-decoder":  # the same encoders (the preset's sources), a fresh shallower decoder
-                import dataclasses
-
                 from training.model import SyDES
 
                 c = model.config
