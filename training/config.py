@@ -176,6 +176,11 @@ class SydesConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @property
+    def head_dim(self) -> int:
+        """What the task heads read: the pooled decoder output [O], with the global-view summary [2 * O]."""
+        return self.decoder.output_dim * (2 if self.image_summary else 1)
+
+    @property
     def task_names(self) -> list[str]:
         return list(self.tasks)
 

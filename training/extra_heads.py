@@ -60,8 +60,7 @@ class JointHead(nn.Module):
         from sdk.labels import LabelStructure
 
         table = LabelStructure.from_dict(config.label_structure, config.tasks)
-        head_in = config.decoder.output_dim * (2 if config.image_summary else 1)
-        return cls(head_in, table.tasks, {t: len(v) for t, v in config.tasks.items()}, table.combos)
+        return cls(config.head_dim, table.tasks, {t: len(v) for t, v in config.tasks.items()}, table.combos)
 
     def scores(self, x: torch.Tensor, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
         unary = sum(logits[t][:, self.combos[:, j]] for j, t in enumerate(self.tasks))  # [B, K]

@@ -103,11 +103,10 @@ class SyDES(Checkpointable, nn.Module):
         self.multipool_proj = nn.Sequential(
             nn.LayerNorm(3 * out), nn.Linear(3 * out, out), nn.GELU(), nn.Dropout(config.dropout)
         )
-        head_in = out
         if config.image_summary:  # [mean, max] of the global view's patch tokens -> [B, O]
             self.image_summary = nn.Sequential(nn.LayerNorm(2 * dv), nn.Linear(2 * dv, out), nn.GELU())
-            head_in = 2 * out
-        self.heads = TaskHeads({t: TaskHead(head_in, len(labels), config.dropout) for t, labels in config.tasks.items()})
+        self.heads = TaskHeads({t: TaskHead(config.head_dim, len(labels), config.dropout)
+                                for t, labels in config.tasks.items()})
         self.temperature = nn.Parameter(torch.tensor([1.0]))
         self.logit_scale = nn.Parameter(torch.tensor(1.0 / 0.07))
 
