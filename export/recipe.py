@@ -9,7 +9,7 @@ that was interrupted continues from its own `last/` checkpoint):
     features  the frozen image encoder's outputs of every image, once, into the on-disk feature cache
     model     the preset (the image encoder frozen and read from the cache, the text encoder trained)
     <variant> optional candidates for best (warm-text, structure-loss, image-tail, unimodal, joint-head,
-              shallow-decoder); <ablation> diagnostics
+              shallow-decoder, text-dropout); <ablation> diagnostics
               (global-only, image-only)
     decoding  per model: independent argmax, joint decoding, joint + prior; chosen on the selection slice
     best      RUN/best/: the candidate (model or a variant) best on the selection slice, with its label
@@ -38,6 +38,7 @@ from export.recipe_options import (
     BASELINE,
     IMAGE_TAIL_BLOCKS,
     IMAGE_TAIL_LR,
+    TEXT_DROPOUT,
     VARIANT_LOSS_WEIGHTS,
     RecipeOptions,
     stratified_split,
@@ -216,7 +217,8 @@ class Recipe:
             progress=self.opts.progress,
             save_every=10**9, log_every=10, feature_cache=self._cache_dir() if uses_images else None,
             feature_cache_dtype="float16",
-            loss_weights=VARIANT_LOSS_WEIGHTS.get(variant or "", {}))
+            loss_weights=VARIANT_LOSS_WEIGHTS.get(variant or "", {}),
+            text_dropout=TEXT_DROPOUT if variant == "text-dropout" else 0.0)
         trainer = Trainer(model, fit, select, tok, self.out / name, opts)
         if ablation == "global-only":
             from training.feature_cache import global_view_only
@@ -229,7 +231,8 @@ class Recipe:
         return {"checkpoint": str(best), "best_select_macro_f1": summary.get("best"),
                 "best_step": summary.get("best_step"), "steps": summary.get("step"),
                 "stopped_early": summary.get("stopped_early"), "cost": model_cost(trainer.model),
-                **({"image_tail_blocks": tail, "image_tail_lr": IMAGE_TAIL_LR} if tail else {})}
+                **({"image_tail_blocks": tail, "image_tail_lr": IMAGE_TAIL_LR} if tail else {}),
+                **({"text_dropout": TEXT_DROPOUT} if variant == "text-dropout" else {})}
 
     def _predict(self, checkpoint: Path, records: Any, ablation: str | None, tail_blocks: int = 0
                  ) -> dict[str, np.ndarray]:

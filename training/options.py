@@ -55,6 +55,9 @@ class TrainOptions:
     image_tail_blocks: int = 0
     # > 0: evaluate and save as best an exponential moving average of the trained weights (training.ema)
     ema: float = 0.0
+    # fine-tune: the probability that a training post's text is replaced by the empty text (training.steps.
+    # drop_text), so the fused model also learns to answer from the image alone; 0 = off
+    text_dropout: float = 0.0
 
     def validate(self) -> TrainOptions:
         check_stage(self.stage)
@@ -80,6 +83,11 @@ class TrainOptions:
             loss_weights(self.stage, self.loss_weights)  # ConfigError naming unknown losses
         if self.text_cache and self.lrs.get("text_encoder", None) != 0:
             raise ConfigError("the text cache needs a frozen text encoder: set the text_encoder learning rate to 0")
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ConfigError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.text_dropout and (self.text_cache or self.stage != "finetune"):
+            raise ConfigError("text_dropout drops texts of fine-tuning batches: it needs the finetune stage and "
+                              "no text cache (a cached text encoder output has no text left to drop)")
         return self
 
     @property

@@ -90,6 +90,29 @@ def _model_inputs(batch: dict[str, Any], stage: str = "finetune") -> dict[str, A
     return inputs
 
 
+def drop_text(batch: dict[str, Any], p: float, generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Modality dropout: each post's text is replaced, with probability `p`, by the empty text ([CLS] [SEP],
+    what the tokenizer makes of ""), so the fused model must also answer from its image path.
+    input_ids / attention_mask [B, L]; returns a new batch (the input is not changed)."""
+    if p <= 0.0:
+        return batch
+    if "text_hidden" in batch:
+        raise ConfigError("drop_text needs token ids, not cached text-encoder outputs (text_hidden)")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if ids.shape[1] < 2:
+        return batch
+    drop = (torch.rand(ids.shape[0], generator=generator) < p).to(ids.device)
+    if not bool(drop.any()):
+        return batch
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    sep = ids[rows, (mask.sum(dim=1) - 1).clamp(min=1)]  # each row's last real token: the [SEP]
+    ids, mask = ids.clone(), mask.clone()
+    ids[drop, 1] = sep[drop]
+    # beyond [SEP] the ids are masked out everywhere (the trim_padding argument), as pads are
+    mask[drop, 2:] = 0
+    return {**batch, "input_ids": ids, "attention_mask": mask}
+
+
 def batch_losses(model: torch.nn.Module, batch: dict[str, Any], stage: str,
                  weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Weighted losses of one batch (model.training_losses, `weights` over the stage's defaults); key "loss"

@@ -51,6 +51,7 @@ from training.steps import (  # noqa: F401
     _LossForward,
     batch_logits,
     batch_losses,
+    drop_text,
     optimizer_groups,
     prepare_model_for_stage,
     unwrap,
@@ -328,7 +329,7 @@ class Trainer:
             pending = 0  # micro-batches accumulated into the current step
             group_size = min(opts.accum, self.micro_per_epoch - micro)
             for batch in self._batches():
-                batch = _to(batch, self.device)
+                batch = drop_text(_to(batch, self.device), opts.text_dropout)
                 set_lrs(self.optimizer, self.step, self.total_steps, opts.warmup_frac)
                 sync = pending + 1 == group_size
                 ctx = self.model.no_sync() if (self.dist.world > 1 and not sync) else contextlib.nullcontext()
