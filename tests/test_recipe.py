@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from export.recipe import Recipe
-from export.recipe_options import RecipeOptions, stratified_split
+from export.recipe_options import TEXT_DROPOUT, RecipeOptions, stratified_split
 from sdk.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     run = tmp_path / "run"
     opts = RecipeOptions(preset="tiny_vit_bert", epochs=1, baseline_epochs=1, batch_size=8, progress=False,
                          int8_calib_samples=16, variants=("warm-text", "structure-loss", "image-tail", "unimodal",
-                                                           "joint-head", "shallow-decoder"))
+                                                           "joint-head", "shallow-decoder", "text-dropout"))
     recipe = Recipe(data, run, opts)
     report = recipe.run()
     for f in ("report.json", "report.md", "best/config.json", "best/model.safetensors", "best/README.md",
@@ -89,6 +89,10 @@ def test_recipe_end_to_end_tiny(data: Path, tmp_path: Path, monkeypatch) -> None
     assert all(r["joint"] > 0 for r in jh if r.get("event") == "train")
     assert load_model(run / "joint-head" / "best").config.joint_head
     assert not load_model(run / "model" / "best").config.joint_head
+    # text-dropout: trained with a quarter of the texts emptied, recorded in the stage and the training options
+    assert json.loads((run / "stages" / "text-dropout.json").read_text())["text_dropout"] == TEXT_DROPOUT
+    assert json.loads((run / "text-dropout" / "last" / "training_state" / "progress.json").read_text()
+                      )["options"]["text_dropout"] == TEXT_DROPOUT
     # shallow-decoder: half the preset's decoder layers, saved so
     layers = load_model(run / "model" / "best").config.decoder.layers
     assert load_model(run / "shallow-decoder" / "best").config.decoder.layers == max(1, layers // 2) < layers

@@ -44,6 +44,9 @@ def test_schedule():
     (dict(batch_size=0), "batch_size must be >= 1"),
     (dict(max_steps=0), "max_steps must be >= 1"),
     (dict(stage="pretrain", feature_cache="x"), "finetune only"),
+    (dict(text_dropout=1.0), r"text_dropout must be in \[0, 1\), got 1.0"),
+    (dict(stage="pretrain", text_dropout=0.2), "needs the finetune stage"),
+    (dict(text_dropout=0.2, text_cache=True, lrs={"text_encoder": 0.0}), "no text cache"),
 ])
 def test_option_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -148,6 +151,42 @@ def test_feature_cache_gives_identical_logits_and_verifies_entries(syn, tmp_path
     with torch.no_grad():
         next(model.image_encoder.parameters()).add_(1.0)
     assert FeatureCache(tmp_path / "cache", model).key(rec[0].image) != cache.key(rec[0].image)
+
+
+def test_drop_text_gives_the_empty_text(syn):
+    """A dropped post's logits are those of the same post with the text "" (the image-only ablation's input);
+    the other posts and the input batch are untouched."""
+    from dataclasses import replace
+
+    from sdk.preprocess import PreprocessConfig
+    from training.data import PostDataset, collate, read_msed
+    from training.runner import build_model
+    from training.trainer import batch_logits, drop_text
+
+    torch.manual_seed(0)
+    model, tok = build_model(preset="tiny_vit_bert")
+    model.eval()
+    rec = read_msed(syn, "dev", limit=6)
+    pcfg = PreprocessConfig.from_dict(model.config.preprocess)
+    ds = PostDataset(rec, tok, pcfg, model.config.task_names)
+    batch = collate([ds[i] for i in range(6)], trim=True)
+    before = batch["input_ids"].clone()
+    gen = torch.Generator().manual_seed(1)
+    dropped = drop_text(batch, 0.5, gen)
+    drop = torch.rand(6, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert 0 < int(drop.sum()) < 6 and torch.equal(batch["input_ids"], before)
+    assert torch.equal(dropped["attention_mask"].sum(1)[drop], torch.full((int(drop.sum()),), 2))
+    empty = PostDataset(type(rec)([replace(e, text="") for e in rec], [], "empty"), tok, pcfg, model.config.task_names)
+    empty_batch = collate([empty[i] for i in range(6)])
+    assert torch.equal(dropped["input_ids"][drop, :2], empty_batch["input_ids"][drop, :2])
+    with torch.no_grad():
+        got, full, none = (batch_logits(model, b) for b in (dropped, batch, empty_batch))
+    for t in got:
+        assert torch.allclose(got[t][drop], none[t][drop], atol=1e-5, rtol=0), t
+        assert torch.allclose(got[t][~drop], full[t][~drop], atol=1e-5, rtol=0), t
+    assert drop_text(batch, 0.0) is batch
+    with pytest.raises(ConfigError, match="needs token ids, not cached text-encoder outputs"):
+        drop_text({**batch, "text_hidden": torch.zeros(6, 2, 4)}, 0.5)
 
 
 @pytest.mark.parametrize("preset", ["tiny_clip", "tiny_vit_bert"])
