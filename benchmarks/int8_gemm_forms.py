@@ -1,4 +1,5 @@
-"""One Linear of the edge image encoder (DINOv2-S: 384 -> 1152 qkv, 384 -> 1536 fc1, 1536 -> 384 fc2) in the
+"""One Linear of the edge image encoder (DINOv2-S: 384 -> 384 for each of q, k, v and the output projection,
+384 -> 1152 for q, k and v merged, 384 -> 1536 fc1, 1536 -> 384 fc2) in the
 onnxruntime forms an INT8 CPU bundle could use, timed in one run on the same input:
 
 - fp32:   MatMul + Add;
@@ -8,9 +9,12 @@ onnxruntime forms an INT8 CPU bundle could use, timed in one run on the same inp
 - nbits8: com.microsoft MatMulNBits, 8-bit weights in blocks of 32 along K, accuracy_level=4 (the activation
           quantised to int8 on the fly, per block: an int8 GEMM without a calibrated activation scale).
 
-    python benchmarks/int8_gemm_forms.py [--rows 4112] [--repeats 7] [--threads 2]
+    python benchmarks/int8_gemm_forms.py [--rows 4112] [--repeats 7] [--threads 2] [--shapes 384x384 384x1152]
+                                         [--forms fp32 mmi2f]
 
-Prints ms, GOP/s and the max error relative to the float product per form and shape. The activation scale of
+Prints ms, GOP/s and the max error relative to the float product per form and shape. Each time includes the
+session's run overhead and fetching the [M, N] output, which weighs most on the narrow shapes (384 x 384); for
+a graph-level question (e.g. merging q, k and v) time the graph itself. The activation scale of
 mmi2f is a fixed stand-in (x in [-2, 2]), so its error column measures clipping, not the bundle's accuracy.
 """
 
@@ -21,7 +25,7 @@ import time
 
 import numpy as np
 
-SHAPES = ((384, 1152), (384, 1536), (1536, 384))
+SHAPES = ((384, 384), (384, 1152), (384, 1536), (1536, 384))
 FORMS = ("fp32", "mmi2f", "nbits8")
 
 
@@ -64,13 +68,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4112, help="GEMM rows M (4112 = one view of 16 posts, 16 x 257)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES], help="KxN of each Linear")
+    ap.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     args = ap.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+    except ValueError:
+        ap.error(f"--shapes takes KxN pairs such as 384x1152, got {args.shapes}")
+    if any(len(s) != 2 or min(s) < 1 for s in shapes):
+        ap.error(f"--shapes takes KxN pairs of positive integers, got {args.shapes}")
     rng = np.random.default_rng(0)
     print(f"onnxruntime {ort.__version__}, M = {args.rows}, {args.threads} threads, median of {args.repeats}")
     print("| K | N | form | ms | GOP/s | max rel. error |\n|---|---|---|---|---|---|")
-    for k, n in SHAPES:
+    for k, n in shapes:
         x = rng.normal(0, 1, (args.rows, k)).astype(np.float32)
-        for form in FORMS:
+        for form in args.forms:
             so = ort.SessionOptions()
             so.intra_op_num_threads = args.threads
             buf, w, bias = linear_model(form, k, n, rng)
