@@ -220,7 +220,7 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
             keep.append(az)
             out[key] = az.backend.run
     if want("peer-ov-nncf-defaults"):
-        req = peer_model(preset, CACHE / preset / "ort-fp32.sydes").create_infer_request()
+        req = peer_model(preset, bundle(preset, "ort-fp32", calib_samples)).create_infer_request()
         out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)
     return out, keep
 
