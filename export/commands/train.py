@@ -21,8 +21,8 @@ RECIPE_HELP = """Run the whole training recipe, resumable (rerun the same comman
   5. decoding: independent vs joint decoding over the label combinations, chosen on the slice;
   6. RUN/best/ (checkpoint + model card), RUN/int8.sydes scored on dev through sdk.Analyzer (and the
      baseline's, RUN/baseline-int8.sydes, a text-only bundle), RUN/report.json and RUN/report.md.
-Every model reads the text --text-fields builds (default Caption; e.g. Title,Caption), recorded in RUN/best
-and its bundle, so `sydes analyze BUNDLE --input FILE` builds it the same way."""
+Every model reads the text --text-fields builds (default Title,Caption; the reference reads Caption alone),
+recorded in RUN/best and its bundle, so `sydes analyze BUNDLE --input FILE` builds it the same way."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
