@@ -1,6 +1,7 @@
 """CPU inference against its peers, in one run: the same seeded checkpoint, the same arrays, interleaved rounds.
 
     python benchmarks/cpu_peers.py [--presets edge reference] [--batches 1 16] [--rounds 7] [--paths ...] [--plot PNG]
+                                   [--graph NAME=MODEL.onnx ...]
 
 Paths (model only: the arrays the Analyzer hands its backend, decode and tokenisation excluded):
   torch eager FP32 (the same weights);
@@ -12,7 +13,10 @@ Paths (model only: the arrays the Analyzer hands its backend, decode and tokenis
   the OpenVINO INT8 bundle with hint="throughput", one stream per thread, each batch split over the streams;
   the same with hint="auto" (both compiled, per batch size the one measured faster; settled in the warm-up);
   the peer: what an Intel user does by hand on our FP32 model.onnx: `nncf.quantize(ov.Core().read_model(..),
-  nncf.Dataset(48 posts), model_type=TRANSFORMER)` compiled with OpenVINO's defaults.
+  nncf.Dataset(48 posts), model_type=TRANSFORMER)` compiled with OpenVINO's defaults;
+  any other ONNX graph with the bundles' inputs (`--graph NAME=MODEL.onnx`, e.g. the model.onnx of an INT8
+  bundle exported by an older commit), run like `ort-int8-unfused`: the INT8 bundle's backend and session
+  options, only the graph swapped.
 The floor line: the preset's GFLOP/post (benchmarks/model_cost.py) at this CPU's INT8 GEMM rate
 (benchmarks/gemm_ceiling.py, measured in the same run). Each round times every path once per batch size, in
 a freshly shuffled order (seeded), so drift of a shared machine hits all paths alike; the table gives medians
@@ -158,28 +162,53 @@ def feeds(fp32_bundle: Path, batch: list[tuple[Any, str]]) -> dict[str, np.ndarr
         return feeds_for(az, batch)
 
 
-def unfused(int8_bundle: Path, threads: int, max_batch: int, keep: list[Any]
-            ) -> Callable[[dict[str, np.ndarray]], Any]:
-    """The INT8 bundle run by its own backend, with the session swapped for one on the unfused graph."""
-    import onnx
+def graph_arg(text: str) -> tuple[str, Path]:
+    """One `--graph NAME=MODEL.onnx`."""
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"--graph takes NAME=MODEL.onnx, got {text!r}")
+    if name in PATHS:
+        raise argparse.ArgumentTypeError(f"--graph name {name!r} is a built-in path; valid built-ins: {', '.join(PATHS)}")
+    if not Path(path).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"--graph {name}: no such file {path}")
+    return name, Path(path).expanduser()
+
+
+def on_graph(int8_bundle: Path, graph: bytes | str, threads: int, max_batch: int, keep: list[Any]
+             ) -> Callable[[dict[str, np.ndarray]], Any]:
+    """The INT8 bundle run by its own backend, with the session swapped for one on `graph` (serialised or a
+    path): the bundle's session options, only the graph differs."""
     import onnxruntime as ort
 
-    from export.qdq_fuse import unfuse_matmul_epilogues
     from sdk import Analyzer
 
     az = Analyzer(int8_bundle, backend="onnxruntime", device="cpu", threads=threads, max_batch_size=max_batch)
     keep.append(az)
-    model = onnx.load(str(int8_bundle / "model.onnx"))
-    if unfuse_matmul_epilogues(model) == 0:
-        print(f"[warn] {int8_bundle} has no fused epilogues (stale cache?)", file=sys.stderr)
-    so = az.backend.session.get_session_options()  # the bundle's own settings: only the graph differs
-    az.backend.session = ort.InferenceSession(model.SerializeToString(), sess_options=so,
-                                              providers=["CPUExecutionProvider"])
+    so = az.backend.session.get_session_options()
+    sess = ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
+    if {i.name for i in sess.get_inputs()} != set(az.backend.input_names):
+        raise ValueError(f"graph {graph if isinstance(graph, str) else '(unfused)'} takes inputs "
+                         f"{sorted(i.name for i in sess.get_inputs())}, the bundles {sorted(az.backend.input_names)}")
+    az.backend.session = sess
     return az.backend.run
 
 
+def unfused(int8_bundle: Path, threads: int, max_batch: int, keep: list[Any]
+            ) -> Callable[[dict[str, np.ndarray]], Any]:
+    """The INT8 bundle's own graph with its fused epilogues undone, run as `on_graph`."""
+    import onnx
+
+    from export.qdq_fuse import unfuse_matmul_epilogues
+
+    model = onnx.load(str(int8_bundle / "model.onnx"))
+    if unfuse_matmul_epilogues(model) == 0:
+        print(f"[warn] {int8_bundle} has no fused epilogues (stale cache?)", file=sys.stderr)
+    return on_graph(int8_bundle, model.SerializeToString(), threads, max_batch, keep)
+
+
 def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_samples: int, threads: int,
-            only: set[str] | None = None) -> tuple[dict[str, Callable[[dict[str, np.ndarray]], Any]], list[Any]]:
+            only: set[str] | None = None, graphs: dict[str, Path] | None = None
+            ) -> tuple[dict[str, Callable[[dict[str, np.ndarray]], Any]], list[Any]]:
     import torch
 
     from sdk import Analyzer
@@ -222,14 +251,16 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
     if want("peer-ov-nncf-defaults"):
         req = peer_model(preset, bundle(preset, "ort-fp32", calib_samples)).create_infer_request()
         out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)
+    for name, path in (graphs or {}).items():
+        out[name] = on_graph(bundle(preset, "ort-int8", calib_samples), str(path), threads, max(batches), keep)
     return out, keep
 
 def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int, threads: int,
-            only: set[str] | None = None) -> dict[str, Any]:
+            only: set[str] | None = None, graphs: dict[str, Path] | None = None) -> dict[str, Any]:
     data = posts(max(batch_sizes))
     fp32 = bundle(preset, "ort-fp32", calib_samples)
     arrays = {b: feeds(fp32, data[:b]) for b in batch_sizes}
-    run, keep = runners(preset, arrays, calib_samples, threads, only)
+    run, keep = runners(preset, arrays, calib_samples, threads, only, graphs)
     from sdk.backends.openvino import AUTO_TRIALS
 
     for k, fn in run.items():  # warm-up: first calls allocate and compile shape-specific kernels; "auto" also
@@ -273,13 +304,14 @@ def table(preset: str, med: dict[str, dict[int, float]], floor: float) -> str:
         lines.append(f"| {k} | " + " | ".join(f"{d[b]:.1f}" for b in bs) +
                      f" | {vs('torch-fp32', d)} | {vs('peer-ov-nncf-defaults', d)} |")
     lines.append(f"| floor: GFLOP/post at the INT8 GEMM rate | {floor:.1f} | | | |")
-    int8 = [k for k in med if "int8" in k]
+    int8 = [k for k in med if "int8" in k and k in PATHS]  # --graph baselines are not candidates
     if int8:
         best = min(int8, key=lambda k: med[k][big])
         lines += ["", f"best INT8 path {best}: {med[best][big]:.1f} ms/post = {med[best][big] / floor:.2f}x the floor"]
     if "ort-int8" in med:
         lines += [f"onnxruntime INT8 vs {k} (b{b}): {med[k][b] / med['ort-int8'][b]:.3f}x"
-                  for k in ("ort-fp32", "ort-int8-4d", "ort-int8-unfused") if k in med for b in bs]
+                  for k in ("ort-fp32", "ort-int8-4d", "ort-int8-unfused", *(k for k in med if k not in PATHS))
+                  if k in med for b in bs]
     return "\n".join(lines)
 
 
@@ -317,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--paths", nargs="+", choices=PATHS, help="time only these paths (default: all)")
+    ap.add_argument("--graph", action="append", type=graph_arg, default=[], metavar="NAME=MODEL.onnx",
+                    help="also time this ONNX graph (the bundles' inputs) on the onnxruntime INT8 bundle's session "
+                         "options, e.g. an older commit's INT8 model.onnx; repeatable")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--plot", type=Path, help="PNG of ms/post by path and batch size ([plot] extra)")
     args = ap.parse_args(argv)
@@ -327,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
           f"GFLOP/s ({g['int8_over_torch']:.2f}x)\n")
     for preset in args.presets:
         med = measure(preset, args.batches, args.rounds, args.calib_samples, args.threads,
-                      set(args.paths) if args.paths else None)
+                      set(args.paths) if args.paths else None, dict(args.graph))
         floor = floor_ms(preset, g["ort_int8"])
         results["presets"][preset] = {"ms_per_post": med, "floor_ms": floor}
         print(table(preset, med, floor) + "\n", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -24,6 +25,27 @@ def test_table_ratios_against_torch_and_the_peer() -> None:
     med = {"torch-fp32": {16: 300.0}, "peer-ov-nncf-defaults": {16: 200.0}, "ort-int8": {16: 100.0}}
     t = cpu_peers.table("edge", med, floor=50.0)
     assert "| ort-int8 | 100.0 | 3.00x | 2.00x |" in t
+
+
+def test_table_compares_a_graph_baseline_but_never_picks_it_as_best() -> None:
+    med = {"ort-int8": {16: 100.0}, "old-int8": {16: 80.0}}  # an older commit's graph, via --graph
+    t = cpu_peers.table("edge", med, floor=50.0)
+    assert "best INT8 path ort-int8: 100.0 ms/post" in t
+    assert "onnxruntime INT8 vs old-int8 (b16): 0.800x" in t
+
+
+@pytest.mark.parametrize("arg, match", [("old.onnx", "takes NAME=MODEL.onnx"),
+                                        ("ort-int8=x.onnx", "is a built-in path; valid built-ins: torch-fp32"),
+                                        ("old=missing.onnx", "no such file missing.onnx")])
+def test_graph_option_errors(arg: str, match: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(argparse.ArgumentTypeError, match=match):
+        cpu_peers.graph_arg(arg)
+
+
+def test_graph_option_takes_a_name_and_a_file(tmp_path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    assert cpu_peers.graph_arg(f"old={tmp_path / 'm.onnx'}") == ("old", tmp_path / "m.onnx")
 
 
 def test_unknown_path_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
