@@ -188,7 +188,7 @@ def on_graph(int8_bundle: Path, graph: bytes | str, threads: int, max_batch: int
     sess = ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
     if {i.name for i in sess.get_inputs()} != set(az.backend.input_names):
         raise ValueError(f"graph {graph if isinstance(graph, str) else '(unfused)'} takes inputs "
-                         f"{sorted(i.name for i in sess.get_inputs())}, the bundles {sorted(az.backend.input_names)}")
+                         f"{sorted(i.name for i in sess.get_inputs())}, the bundle's {sorted(az.backend.input_names)}")
     az.backend.session = sess
     return az.backend.run
 
@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--plot", type=Path, help="PNG of ms/post by path and batch size ([plot] extra)")
     args = ap.parse_args(argv)
+    names = [n for n, _ in args.graph]
+    if len(set(names)) != len(names):
+        ap.error(f"--graph names must differ, got {names}")
     g = gemm(repeats=7, threads=args.threads)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
     results: dict[str, Any] = {"cpu": cpu, "threads": args.threads, "gemm": g, "presets": {}}

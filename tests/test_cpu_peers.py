@@ -43,6 +43,13 @@ def test_graph_option_errors(arg: str, match: str, tmp_path, monkeypatch) -> Non
         cpu_peers.graph_arg(arg)
 
 
+def test_graph_names_must_differ(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        cpu_peers.main(["--graph", f"old={tmp_path / 'm.onnx'}", "--graph", f"old={tmp_path / 'm.onnx'}"])
+    assert "--graph names must differ" in capsys.readouterr().err
+
+
 def test_graph_option_takes_a_name_and_a_file(tmp_path) -> None:
     (tmp_path / "m.onnx").write_bytes(b"x")
     assert cpu_peers.graph_arg(f"old={tmp_path / 'm.onnx'}") == ("old", tmp_path / "m.onnx")
