@@ -169,15 +169,16 @@ def graph_arg(text: str) -> tuple[str, Path]:
         raise argparse.ArgumentTypeError(f"--graph takes NAME=MODEL.onnx, got {text!r}")
     if name in PATHS:
         raise argparse.ArgumentTypeError(f"--graph name {name!r} is a built-in path; valid built-ins: {', '.join(PATHS)}")
-    if not Path(path).expanduser().is_file():
+    file = Path(path).expanduser()
+    if not file.is_file():
         raise argparse.ArgumentTypeError(f"--graph {name}: no such file {path}")
-    return name, Path(path).expanduser()
+    return name, file
 
 
-def on_graph(int8_bundle: Path, graph: bytes | str, threads: int, max_batch: int, keep: list[Any]
+def on_graph(int8_bundle: Path, graph: bytes | str, label: str, threads: int, max_batch: int, keep: list[Any]
              ) -> Callable[[dict[str, np.ndarray]], Any]:
     """The INT8 bundle run by its own backend, with the session swapped for one on `graph` (serialised or a
-    path): the bundle's session options, only the graph differs."""
+    path; `label` names it in errors): the bundle's session options, only the graph differs."""
     import onnxruntime as ort
 
     from sdk import Analyzer
@@ -187,7 +188,7 @@ def on_graph(int8_bundle: Path, graph: bytes | str, threads: int, max_batch: int
     so = az.backend.session.get_session_options()
     sess = ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
     if {i.name for i in sess.get_inputs()} != set(az.backend.input_names):
-        raise ValueError(f"graph {graph if isinstance(graph, str) else '(unfused)'} takes inputs "
+        raise ValueError(f"graph {label} takes inputs "
                          f"{sorted(i.name for i in sess.get_inputs())}, the bundle's {sorted(az.backend.input_names)}")
     az.backend.session = sess
     return az.backend.run
@@ -203,7 +204,7 @@ def unfused(int8_bundle: Path, threads: int, max_batch: int, keep: list[Any]
     model = onnx.load(str(int8_bundle / "model.onnx"))
     if unfuse_matmul_epilogues(model) == 0:
         print(f"[warn] {int8_bundle} has no fused epilogues (stale cache?)", file=sys.stderr)
-    return on_graph(int8_bundle, model.SerializeToString(), threads, max_batch, keep)
+    return on_graph(int8_bundle, model.SerializeToString(), "ort-int8-unfused", threads, max_batch, keep)
 
 
 def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_samples: int, threads: int,
@@ -252,7 +253,8 @@ def runners(preset: str, batches: dict[int, dict[str, np.ndarray]], calib_sample
         req = peer_model(preset, bundle(preset, "ort-fp32", calib_samples)).create_infer_request()
         out["peer-ov-nncf-defaults"] = lambda f: req.infer(f)
     for name, path in (graphs or {}).items():
-        out[name] = on_graph(bundle(preset, "ort-int8", calib_samples), str(path), threads, max(batches), keep)
+        out[name] = on_graph(bundle(preset, "ort-int8", calib_samples), str(path), f"{name} ({path})", threads,
+                             max(batches), keep)
     return out, keep
 
 def measure(preset: str, batch_sizes: list[int], rounds: int, calib_samples: int, threads: int,
@@ -304,14 +306,14 @@ def table(preset: str, med: dict[str, dict[int, float]], floor: float) -> str:
         lines.append(f"| {k} | " + " | ".join(f"{d[b]:.1f}" for b in bs) +
                      f" | {vs('torch-fp32', d)} | {vs('peer-ov-nncf-defaults', d)} |")
     lines.append(f"| floor: GFLOP/post at the INT8 GEMM rate | {floor:.1f} | | | |")
-    int8 = [k for k in med if "int8" in k and k in PATHS]  # --graph baselines are not candidates
+    graphs = [k for k in med if k not in PATHS]  # --graph baselines: compared with, never a candidate
+    int8 = [k for k in med if "int8" in k and k not in graphs]
     if int8:
         best = min(int8, key=lambda k: med[k][big])
         lines += ["", f"best INT8 path {best}: {med[best][big]:.1f} ms/post = {med[best][big] / floor:.2f}x the floor"]
     if "ort-int8" in med:
         lines += [f"onnxruntime INT8 vs {k} (b{b}): {med[k][b] / med['ort-int8'][b]:.3f}x"
-                  for k in ("ort-fp32", "ort-int8-4d", "ort-int8-unfused", *(k for k in med if k not in PATHS))
-                  if k in med for b in bs]
+                  for k in ("ort-fp32", "ort-int8-4d", "ort-int8-unfused", *graphs) if k in med for b in bs]
     return "\n".join(lines)
 
 
